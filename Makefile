@@ -1,0 +1,44 @@
+# raftkv — see README.md. Every target installs what it needs into .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: run test lint proto bench clean system-deps
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,operator]'
+	touch $(STAMP)
+
+# Debian's etcd 3.4 (the reference implementation the comparison tests run against).
+system-deps:
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
+	  echo "installing etcd-server and etcd-client from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server etcd-client; \
+	fi
+
+run: $(STAMP)
+	$(PY) -m raftkv.cli.localcluster
+
+lint: $(STAMP)
+	$(BIN)/ruff check server operator tests bench
+	$(BIN)/ruff format --check server operator tests bench
+	$(BIN)/lint-imports
+
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=server --pyi_out=server --grpc_python_out=server $(PROTOS)
+	find server/raftkv/pb -type d -exec touch {}/__init__.py \;
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache

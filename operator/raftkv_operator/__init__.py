@@ -1,0 +1,1 @@
+"""The raftkv Kubernetes operator (kopf)."""
