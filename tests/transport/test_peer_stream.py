@@ -11,7 +11,7 @@ from raftkv.pb.raftpb import peer_pb2_grpc
 from raftkv.pb.raftpb.peer_pb2 import MessageBatch, ProbeRequest
 from raftkv.transport import wire
 
-from transport.harness import Member, app, connect, run, wait_until
+from .harness import Member, app, connect, run, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -166,11 +166,14 @@ class InMemoryTransport:
         unreachable: set[int] = set()
         for message in messages:
             to = message.to
-            if not self._started or to not in self._peers or not self._admitted_by(to):
+            if not self._started or to not in self._peers:
                 unreachable.add(to)
                 continue
             if message.type == MSG_SNAP:
                 self._spawn(self._send_snapshot(message))
+                continue
+            if not self._admitted_by(to):
+                unreachable.add(to)
                 continue
             if self._network._lost(self.member_id, to):
                 continue
@@ -206,6 +209,8 @@ class InMemoryTransport:
         try:
             if self._snapshot_provider is None:
                 raise RuntimeError("no snapshot provider was configured")
+            if not self._admitted_by(to):
+                raise ConnectionError(f"member {to:x} is unreachable")
             payload = self._snapshot_provider(message)
             receiver = self._network._member(to)
             target = receiver._snapshot_dir / received_snapshot_name(message)

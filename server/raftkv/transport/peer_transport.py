@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -244,8 +245,7 @@ class PeerTransport:
 
     def peer_stats(self, member_id: int) -> PeerStats:
         """A copy of the stream counters for one peer (KeyError if unknown)."""
-        stats = self._peers[member_id].stats
-        return PeerStats(**vars(stats))
+        return dataclasses.replace(self._peers[member_id].stats)
 
     def send(self, messages: Sequence[Message]) -> None:
         """Queue messages for their destinations; never blocks. Do not mutate them afterwards."""

@@ -24,13 +24,16 @@ BAD_METADATA = "missing or malformed peer metadata"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # Keepalive pings every 2 s that go unanswered for 2 s close the connection, so a dead peer is
-# noticed within about 4 s even when no message is in flight. Reconnection backoff is capped
-# low because peers restart, and a member that stays down costs only a failed dial per second.
+# noticed within about 4 s even when no message is in flight. Recent gRPC cores time pings out by
+# http2.ping_timeout_ms (default a minute), not only keepalive_timeout_ms, so both are set.
+# Reconnection backoff is capped low because peers restart, and a member that stays down costs
+# only a failed dial per second.
 _COMMON_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 2000),
     ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.http2.ping_timeout_ms", 2000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
