@@ -151,12 +151,13 @@ class EtcdCluster:
         if self._stopped:
             return
         self._stopped = True
-        for member in self.members:
-            if member.process is not None and member.process.poll() is None:
-                member.process.send_signal(signal.SIGTERM)
+        # One at a time: a stopping leader hands leadership to a live peer first, and would
+        # hang until killed if every peer were stopping too.
         for member in self.members:
             if member.process is None:
                 continue
+            if member.process.poll() is None:
+                member.process.send_signal(signal.SIGTERM)
             try:
                 member.process.wait(timeout=_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
