@@ -1,6 +1,6 @@
 """Snapshot files: one Raft Snapshot per file, written atomically, verified on every load.
 
-File name ``{term:016x}-{index:016x}.snap``; content ``RKVSNAP\\0\\1`` (8 bytes) | u64 payload
+File name ``{term:016x}-{index:016x}.snap``; content ``RKVSNAP\\1`` (8 bytes) | u64 payload
 length | SHA-256 of the payload (32 bytes) | payload (a serialized Snapshot), little-endian.
 SHA-256 rather than CRC32 because a snapshot carries the whole state machine and may be large.
 A load checks the magic, the exact file size, the digest, and that the term and index inside
@@ -26,7 +26,7 @@ from raftkv.storage.errors import CorruptSnapshotError
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"RKVSNAP\x00\x01"
+MAGIC = b"RKVSNAP\x01"
 _HEADER = struct.Struct("<8sQ32s")  # magic, payload length, sha256(payload)
 _NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 SUFFIX = ".snap"
