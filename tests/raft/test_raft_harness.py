@@ -1,0 +1,207 @@
+"""A tiny hand-driven network of RawNodes for the Raft unit tests (this module has no tests).
+
+Each node runs the Ready contract synchronously (persist into its MemoryStorage, queue the
+messages, apply committed entries, advance). Messages wait in one FIFO queue until a test
+calls ``deliver``; links can be cut and messages filtered, so a test controls exactly which
+messages arrive. The whole-cluster simulation with faults and safety checks lives in sim.py;
+this harness is deliberately small so each unit test reads as a precise scenario.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from raftkv.pb.raftpb import raft_pb2 as pb
+from raftkv.raft import Config, MemoryStorage, RawNode, ReadState, StateType
+from raftkv.raft.core import Raft
+
+Filter = Callable[[pb.Message], bool]
+
+
+def sender(m: pb.Message) -> int:
+    return getattr(m, "from")
+
+
+def msg(type_: int, frm: int, to: int, **kw: object) -> pb.Message:
+    return pb.Message(type=type_, to=to, **{"from": frm}, **kw)
+
+
+def core(node: RawNode) -> Raft:
+    """The state machine behind a RawNode, for white-box assertions."""
+    return node._raft
+
+
+class Net:
+    """N RawNodes and a FIFO of messages between them."""
+
+    def __init__(
+        self,
+        ids: Iterable[int] = (1, 2, 3),
+        *,
+        seed: int = 1,
+        learners: Iterable[int] = (),
+        bootstrap: bool = True,
+        **cfg: object,
+    ) -> None:
+        self.ids = list(ids)
+        self.cfg = cfg
+        self.seed = seed
+        self.storage: dict[int, MemoryStorage] = {}
+        self.nodes: dict[int, RawNode] = {}
+        self.applied: dict[int, list[bytes]] = {}
+        self.applied_index: dict[int, int] = {}
+        self.conf: dict[int, pb.ConfState] = {}
+        self.read_states: dict[int, list[ReadState]] = {}
+        self.queue: deque[pb.Message] = deque()
+        self.cut: set[tuple[int, int]] = set()
+        self.filter: Filter | None = None  # return False to drop a message
+        self.delivered: list[pb.Message] = []
+        self.dropped: list[pb.Message] = []
+        for i in [*self.ids, *learners]:
+            self.add(i)
+        if bootstrap:
+            peers = [(i, b"") for i in self.ids]
+            for i in self.ids:
+                self.nodes[i].bootstrap(peers)
+                self.drain(i)
+            for lid in learners:
+                for i in [*self.ids, lid]:
+                    self.nodes[i].apply_conf_change(
+                        pb.ConfChange(type=pb.CONF_CHANGE_ADD_LEARNER_NODE, node_id=lid)
+                    )
+
+    def config(self, i: int, storage: MemoryStorage, applied: int = 0) -> Config:
+        return Config(i, storage, random.Random(self.seed * 1000 + i), applied=applied, **self.cfg)
+
+    def add(self, i: int, storage: MemoryStorage | None = None) -> RawNode:
+        """Start node ``i`` (empty storage unless given) without bootstrapping it."""
+        st = storage or MemoryStorage()
+        self.storage[i] = st
+        self.nodes[i] = RawNode(self.config(i, st))
+        self.applied.setdefault(i, [])
+        self.applied_index.setdefault(i, 0)
+        self.read_states.setdefault(i, [])
+        return self.nodes[i]
+
+    def restart(self, i: int) -> RawNode:
+        """Recreate node ``i`` from its storage (state machine kept: applied index carried)."""
+        st = self.storage[i]
+        self.nodes[i] = RawNode(self.config(i, st, applied=self.applied_index[i]))
+        return self.nodes[i]
+
+    # -- the Ready loop -----------------------------------------------------------------------
+
+    def drain(self, i: int) -> None:
+        node = self.nodes[i]
+        st = self.storage[i]
+        while node.has_ready():
+            rd = node.ready()
+            if rd.snapshot is not None:
+                st.apply_snapshot(rd.snapshot)
+                self.applied_index[i] = rd.snapshot.metadata.index
+                self.applied[i] = [b"<snapshot>"]
+                self.conf[i] = rd.snapshot.metadata.conf_state
+            st.append(rd.entries)
+            if rd.hard_state is not None:
+                st.set_hard_state(rd.hard_state)
+            self.queue.extend(rd.messages)
+            for e in rd.committed_entries:
+                self.applied_index[i] = e.index
+                if e.type == pb.ENTRY_CONF_CHANGE:
+                    cc = pb.ConfChange()
+                    cc.ParseFromString(e.data)
+                    self.conf[i] = node.apply_conf_change(cc)
+                elif e.data:
+                    self.applied[i].append(e.data)
+            self.read_states[i].extend(rd.read_states)
+            node.advance(rd)
+
+    def deliver(self, max_steps: int = 100_000) -> int:
+        """Deliver queued messages (and everything they cause) until the queue is empty."""
+        n = 0
+        while self.queue:
+            n += 1
+            if n > max_steps:
+                raise AssertionError("the network did not settle")
+            self.deliver_one()
+        return n
+
+    def deliver_one(self) -> pb.Message:
+        m = self.queue.popleft()
+        frm, to = sender(m), m.to
+        if (
+            (frm, to) in self.cut
+            or to not in self.nodes
+            or (self.filter is not None and not self.filter(m))
+        ):
+            self.dropped.append(m)
+            return m
+        self.delivered.append(m)
+        copy = pb.Message()
+        copy.CopyFrom(m)
+        self.nodes[to].step(copy)
+        self.drain(to)
+        return m
+
+    def take(self) -> list[pb.Message]:
+        """Remove and return the queued messages (for tests that inspect them)."""
+        out = list(self.queue)
+        self.queue.clear()
+        return out
+
+    def send(self, m: pb.Message) -> None:
+        self.queue.append(m)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def tick(self, i: int, n: int = 1) -> None:
+        for _ in range(n):
+            self.nodes[i].tick()
+            self.drain(i)
+
+    def tick_all(self, n: int = 1, deliver: bool = True) -> None:
+        for _ in range(n):
+            for i in list(self.nodes):
+                self.nodes[i].tick()
+                self.drain(i)
+            if deliver:
+                self.deliver()
+
+    def campaign(self, i: int) -> None:
+        self.nodes[i].campaign()
+        self.drain(i)
+        self.deliver()
+
+    def propose(self, i: int, data: bytes, trace_context: bytes = b"") -> None:
+        try:
+            self.nodes[i].propose(data, trace_context)
+        finally:
+            self.drain(i)
+
+    def isolate(self, i: int) -> None:
+        for j in self.nodes:
+            if j != i:
+                self.cut.add((i, j))
+                self.cut.add((j, i))
+
+    def heal(self) -> None:
+        self.cut.clear()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def leaders(self) -> list[int]:
+        return [i for i, n in self.nodes.items() if n.state is StateType.LEADER]
+
+    def leader(self) -> int:
+        leaders = self.leaders()
+        assert len(leaders) == 1, f"expected one leader, got {leaders}"
+        return leaders[0]
+
+    def commit(self, i: int) -> int:
+        return core(self.nodes[i]).log.committed
+
+    def log_terms(self, i: int) -> list[tuple[int, int]]:
+        log = core(self.nodes[i]).log
+        return [(e.index, e.term) for e in log.slice(log.first_index(), log.last_index() + 1, None)]
