@@ -96,6 +96,12 @@ def _frame(rtype: RecordType, payload: bytes) -> bytes:
     return head + _HEAD_CRC.pack(zlib.crc32(head)) + payload
 
 
+def _copy(hard_state: HardState) -> HardState:
+    copy = HardState()
+    copy.CopyFrom(hard_state)
+    return copy
+
+
 def _preamble(metadata: bytes, hard_state: HardState, snap_index: int, snap_term: int) -> bytes:
     return b"".join(
         (
@@ -485,7 +491,7 @@ class WAL:
             directory,
             segments,
             contents.metadata,
-            HardState.FromString(contents.hard_state.SerializeToString()),
+            _copy(contents.hard_state),
             writer_log,
             segment_bytes,
         )
@@ -511,7 +517,7 @@ class WAL:
 
     @property
     def hard_state(self) -> HardState:
-        return HardState.FromString(self._hard_state.SerializeToString())
+        return _copy(self._hard_state)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -580,17 +586,17 @@ class WAL:
             if problem:
                 raise ValueError(problem)
         records = [_frame(RecordType.ENTRY, e.SerializeToString()) for e in entries]
-        changed = hard_state is not None and hard_state != self._hard_state
-        if changed:
-            assert hard_state is not None
-            records.append(_frame(RecordType.HARD_STATE, hard_state.SerializeToString()))
+        new_hard_state = None
+        if hard_state is not None and hard_state != self._hard_state:
+            new_hard_state = _copy(hard_state)
+            records.append(_frame(RecordType.HARD_STATE, new_hard_state.SerializeToString()))
         if not records:
             return False
         self._write(b"".join(records))
         for e in entries:
             self._log.append(e)
-        if changed:
-            self._hard_state = HardState.FromString(records[-1][HEADER_SIZE:])
+        if new_hard_state is not None:
+            self._hard_state = new_hard_state
         self.entries_written += len(entries)
         return True
 
