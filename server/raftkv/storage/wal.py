@@ -763,7 +763,7 @@ class GroupCommitWAL:
         self.calls += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        await asyncio.shield(op.future)
+        await op.future  # cancelling it leaves the op queued: the flusher skips done futures
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
