@@ -820,4 +820,5 @@ class GroupCommitWAL:
             except ValueError as exc:
                 errors.append(exc)
         wal._sync()
-        return errors, wal.fsync_count - before, wal.last_fsync_seconds
+        fsyncs = wal.fsync_count - before
+        return errors, fsyncs, wal.last_fsync_seconds if fsyncs else 0.0
