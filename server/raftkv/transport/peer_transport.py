@@ -309,7 +309,7 @@ class PeerTransport:
             peer.last_error = ""
             lost = await self._pump(peer, call)
             peer.stats.connected = False
-            if peer.restart:
+            if peer.restart and not lost:
                 call.cancel()
                 peer.state = _State.CONNECTING
                 continue
