@@ -43,6 +43,7 @@ class Net:
         seed: int = 1,
         learners: Iterable[int] = (),
         bootstrap: bool = True,
+        storages: dict[int, MemoryStorage] | None = None,
         **cfg: object,
     ) -> None:
         self.ids = list(ids)
@@ -60,7 +61,7 @@ class Net:
         self.delivered: list[pb.Message] = []
         self.dropped: list[pb.Message] = []
         for i in [*self.ids, *learners]:
-            self.add(i)
+            self.add(i, (storages or {}).get(i))
         if bootstrap:
             peers = [(i, b"") for i in self.ids]
             for i in self.ids:
@@ -86,10 +87,25 @@ class Net:
         return self.nodes[i]
 
     def restart(self, i: int) -> RawNode:
-        """Recreate node ``i`` from its storage (state machine kept: applied index carried)."""
+        """Recreate node ``i`` from its storage, as after a crash: the state machine restarts
+        from the snapshot and the committed log is applied again."""
         st = self.storage[i]
-        self.nodes[i] = RawNode(self.config(i, st, applied=self.applied_index[i]))
+        snap = st.snapshot()
+        self.applied_index[i] = snap.metadata.index
+        self.applied[i] = [b"<snapshot>"] if snap.metadata.index else []
+        self.nodes[i] = RawNode(self.config(i, st, applied=snap.metadata.index))
+        self.drain(i)
         return self.nodes[i]
+
+    def set_log(self, i: int, terms: list[int]) -> None:
+        """Append entries of the given terms after node ``i``'s log, raise its term to the
+        last of them and restart it (a node that once followed another leader)."""
+        st = self.storage[i]
+        last = st.last_index()
+        st.append([pb.Entry(index=last + k, term=t) for k, t in enumerate(terms, 1)])
+        hs = st.initial_state()[0]
+        st.set_hard_state(pb.HardState(term=max([hs.term, *terms]), commit=hs.commit))
+        self.restart(i)
 
     # -- the Ready loop -----------------------------------------------------------------------
 
@@ -144,6 +160,16 @@ class Net:
         self.nodes[to].step(copy)
         self.drain(to)
         return m
+
+    def compact(self, i: int, keep: int = 0) -> pb.Snapshot:
+        """Snapshot node ``i`` at its applied index and drop the log up to ``keep`` entries
+        before it."""
+        st = self.storage[i]
+        idx = self.applied_index[i]
+        snap = st.create_snapshot(idx, self.conf[i], b"state@%d" % idx)
+        if idx - keep > st.first_index() - 1:
+            st.compact(idx - keep)
+        return snap
 
     def take(self) -> list[pb.Message]:
         """Remove and return the queued messages (for tests that inspect them)."""
