@@ -41,7 +41,6 @@ class Net:
         ids: Iterable[int] = (1, 2, 3),
         *,
         seed: int = 1,
-        learners: Iterable[int] = (),
         bootstrap: bool = True,
         storages: dict[int, MemoryStorage] | None = None,
         **cfg: object,
@@ -60,18 +59,13 @@ class Net:
         self.filter: Filter | None = None  # return False to drop a message
         self.delivered: list[pb.Message] = []
         self.dropped: list[pb.Message] = []
-        for i in [*self.ids, *learners]:
+        for i in self.ids:
             self.add(i, (storages or {}).get(i))
         if bootstrap:
             peers = [(i, b"") for i in self.ids]
             for i in self.ids:
                 self.nodes[i].bootstrap(peers)
                 self.drain(i)
-            for lid in learners:
-                for i in [*self.ids, lid]:
-                    self.nodes[i].apply_conf_change(
-                        pb.ConfChange(type=pb.CONF_CHANGE_ADD_LEARNER_NODE, node_id=lid)
-                    )
 
     def config(self, i: int, storage: MemoryStorage, applied: int = 0) -> Config:
         return Config(i, storage, random.Random(self.seed * 1000 + i), applied=applied, **self.cfg)
@@ -170,6 +164,21 @@ class Net:
         if idx - keep > st.first_index() - 1:
             st.compact(idx - keep)
         return snap
+
+    def change(self, i: int, type_: int, node_id: int) -> None:
+        """Propose a configuration change on node ``i`` (raises if it is refused)."""
+        try:
+            self.nodes[i].propose_conf_change(pb.ConfChange(type=type_, node_id=node_id))
+        finally:
+            self.drain(i)
+
+    def join(self, leader: int, node_id: int, learner: bool = False) -> None:
+        """Start an empty node and add it through the leader; it catches up from the log."""
+        self.add(node_id)
+        kind = pb.CONF_CHANGE_ADD_LEARNER_NODE if learner else pb.CONF_CHANGE_ADD_NODE
+        self.change(leader, kind, node_id)
+        self.deliver()
+        self.tick_all(2)
 
     def take(self) -> list[pb.Message]:
         """Remove and return the queued messages (for tests that inspect them)."""
