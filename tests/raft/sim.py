@@ -171,7 +171,8 @@ class SafetyChecker:
 
     * election safety: at most one leader per term, ever;
     * votes: a node never grants votes to two candidates in one term, across restarts, and only
-      grants a vote it has persisted; durable terms and commit indexes never go backwards;
+      grants a vote it has persisted; durable terms and commit indexes never go backwards; a
+      Ready that changes entries, snapshot, term or vote asks for an fsync (must_sync);
     * log matching: an (index, term) pair names one entry with one predecessor term, in every log
       that ever held it (by induction, that is "identical prefixes");
     * leader completeness: a leader of term T holds every entry committed in a term <= T (the
@@ -185,6 +186,7 @@ class SafetyChecker:
         self.leaders: dict[int, int] = {}
         self.votes: dict[tuple[int, int], int] = {}
         self.term: dict[int, int] = {}
+        self.term_vote: dict[int, tuple[int, int]] = {}
         self.commit: dict[int, int] = {}
         self.applied: dict[int, int] = {}
         self.log: dict[tuple[int, int], tuple[int, int, bytes]] = {}
@@ -207,7 +209,16 @@ class SafetyChecker:
 
     def on_persisted(self, node: int, rd: Ready, storage: MemoryStorage) -> None:
         """Called after the node wrote rd's snapshot, entries and hard state to storage."""
-        if rd.snapshot is not None and rd.snapshot.metadata.index:
+        snap = rd.snapshot is not None and rd.snapshot.metadata.index
+        hs = rd.hard_state
+        term_vote = self.term_vote.get(node, (0, 0))
+        if hs is not None:
+            self.term_vote[node] = (hs.term, hs.vote)
+        if (rd.entries or snap or self.term_vote.get(node, (0, 0)) != term_vote) and not getattr(
+            rd, "must_sync", True
+        ):
+            self.fail(node, "a Ready with entries, a snapshot or a new term/vote lacks must_sync")
+        if snap:
             md = rd.snapshot.metadata
             self._check_committed(node, md.index, md.term, None, "installed snapshot")
         for e in rd.entries:

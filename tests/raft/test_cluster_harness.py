@@ -148,8 +148,10 @@ def test_messages_to_a_crashed_node_are_lost_and_reported() -> None:
 # -- the checker fails on fabricated violations -----------------------------------------------
 
 
-def _ready(entries=(), hard_state=None, snapshot=None) -> SimpleNamespace:
-    return SimpleNamespace(entries=list(entries), hard_state=hard_state, snapshot=snapshot)
+def _ready(entries=(), hard_state=None, snapshot=None, must_sync=True) -> SimpleNamespace:
+    return SimpleNamespace(
+        entries=list(entries), hard_state=hard_state, snapshot=snapshot, must_sync=must_sync
+    )
 
 
 def _storage(*entries: pb.Entry) -> MemoryStorage:
@@ -180,6 +182,20 @@ def test_checker_rejects_a_vote_granted_but_not_persisted() -> None:
     grant = pb.Message(type=pb.MSG_VOTE_RESP, to=3, term=4, **{"from": 1})
     with pytest.raises(InvariantViolation, match="persisted vote is None"):
         chk.on_send(1, grant, MemoryStorage())
+
+
+def test_checker_rejects_an_unsynced_vote() -> None:
+    chk = SafetyChecker()
+    s = MemoryStorage()
+    chk.on_persisted(1, _ready(hard_state=pb.HardState(term=2)), s)
+    e = pb.Entry(index=1, term=2)
+    s.append([e])
+    # Only the commit index changed: no fsync needed.
+    chk.on_persisted(1, _ready(hard_state=pb.HardState(term=2, commit=1), must_sync=False), s)
+    with pytest.raises(InvariantViolation, match="must_sync"):
+        chk.on_persisted(
+            1, _ready(hard_state=pb.HardState(term=2, vote=3, commit=1), must_sync=False), s
+        )
 
 
 def test_checker_rejects_log_mismatch() -> None:
