@@ -152,6 +152,11 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        # Leader only: broadcasts owed since the last Ready. Proposals and commit advances only
+        # set these; ``flush_broadcast`` (called when the application takes a Ready) then sends
+        # one MsgApp per follower for all of them instead of one per event.
+        self.bcast_entries_pending = False
+        self.bcast_commit_pending = False
         # Leader only: index of a traced proposal -> its trace context, until committed.
         self.trace: dict[int, bytes] = {}
         # Ticks left to act on a MsgTimeoutNow that arrived while a committed conf change was
@@ -276,6 +281,19 @@ class Raft:
             if pid != me:
                 self._maybe_send_append(pid, True)
 
+    def flush_broadcast(self) -> None:
+        """Send what proposals and commit advances since the last call owe the followers."""
+        if not (self.bcast_entries_pending or self.bcast_commit_pending):
+            return
+        send_if_empty = self.bcast_commit_pending  # an empty MsgApp still carries the commit
+        self.bcast_entries_pending = self.bcast_commit_pending = False
+        if self.state is not LEADER:
+            return
+        me = self.id
+        for pid in self.prs.progress:
+            if pid != me:
+                self._maybe_send_append(pid, send_if_empty)
+
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
             # Re-send the newest pending ReadIndex context, so a lost round does not stall it.
@@ -313,6 +331,7 @@ class Raft:
         self.pending_read_index_msgs = []
         self.trace = {}
         self.deferred_transfer_ticks = 0
+        self.bcast_entries_pending = self.bcast_commit_pending = False
 
     def become_follower(self, term: int, lead: int) -> None:
         self._step_fn = self._step_follower
@@ -505,7 +524,10 @@ class Raft:
             e.index = i
         last = log.append(ents)
         self.prs.progress[self.id].maybe_update(last)
-        self._maybe_commit()  # a single voter commits on its own
+        # Our own acknowledgement moves the commit index only when we are the only voter:
+        # otherwise the quorum's smallest match is a follower's, which this cannot change.
+        if len(self.prs.voters) == 1:
+            self._maybe_commit()
         return True
 
     def _increase_uncommitted_size(self, ents: list[Entry]) -> bool:
@@ -597,14 +619,28 @@ class Raft:
         elif mt == MSG_TRANSFER_LEADER:
             self._handle_transfer_leader(frm, pr)
 
+    def propose(self, ents: list[Entry], trace_context: bytes) -> None:
+        """A local proposal of ``ents`` (fresh objects, handed over): appended at once on the
+        leader, forwarded as a MsgProp by a follower."""
+        if self.state is LEADER:
+            self._leader_append(ents, trace_context)
+            return
+        m = Message(type=MSG_PROP, entries=ents, trace_context=trace_context)
+        setattr(m, "from", self.id)
+        self.step(m)
+
     def _leader_propose(self, m: Message) -> None:
         if not m.entries:
             raise RaftError("empty proposal")
+        # Fresh entries: the message's own may be shared with the transport.
+        ents = [Entry(type=e.type, data=e.data) for e in m.entries]
+        self._leader_append(ents, m.trace_context)
+
+    def _leader_append(self, ents: list[Entry], trace_context: bytes) -> None:
         if self.id not in self.prs.progress:
             raise ProposalDroppedError("this node was removed from the configuration")
         if self.lead_transferee:
             raise ProposalDroppedError(f"leadership transfer to {self.lead_transferee} in progress")
-        ents = [Entry(type=e.type, data=e.data) for e in m.entries]
         conf_at = -1
         for k, e in enumerate(ents):
             if e.type == ENTRY_CONF_CHANGE:
@@ -619,9 +655,9 @@ class Raft:
             raise ProposalDroppedError("too many uncommitted entries")
         if conf_at >= 0:
             self.pending_conf_index = ents[conf_at].index
-        if m.trace_context:
-            self.trace[ents[-1].index] = m.trace_context
-        self._bcast_append()
+        if trace_context:
+            self.trace[ents[-1].index] = trace_context
+        self.bcast_entries_pending = True
 
     def _handle_append_response(self, m: Message, frm: int, pr: Progress) -> None:
         pr.recent_active = True
@@ -650,7 +686,7 @@ class Raft:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
             self._release_pending_read_index()
-            self._bcast_append()
+            self.bcast_commit_pending = True
         elif old_paused:
             self._send_append(frm)
         # Keep the pipeline full while the window allows.

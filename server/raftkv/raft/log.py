@@ -101,12 +101,10 @@ class RaftLog:
         return self.storage.first_index()
 
     def last_index(self) -> int:
+        # The unstable part always starts right after the last stable entry (or the pending
+        # snapshot), as long as the application persists what each Ready hands it.
         u = self.unstable
-        if u.entries:
-            return u.offset + len(u.entries) - 1
-        if u.snapshot is not None:
-            return u.snapshot.metadata.index
-        return self.storage.last_index()
+        return u.offset + len(u.entries) - 1
 
     def last_term(self) -> int:
         return self.term(self.last_index())
@@ -116,14 +114,14 @@ class RaftLog:
         ``first_index() - 1`` (whose term is kept for matching)."""
         u = self.unstable
         k = i - u.offset
-        if 0 <= k < len(u.entries):
-            return u.entries[k].term
-        if i > self.last_index():
-            return 0
-        t = u.maybe_term(i)
-        if t is not None:
-            return t
-        if i < self.first_index() - 1:
+        if k >= 0:
+            return u.entries[k].term if k < len(u.entries) else 0
+        s = u.snapshot
+        if s is not None:
+            if i == s.metadata.index:
+                return s.metadata.term
+            raise CompactedError(f"entry {i} is before the pending snapshot")
+        if i < self.storage.first_index() - 1:
             raise CompactedError(f"entry {i} is compacted")
         return self.storage.term(i)
 

@@ -16,7 +16,6 @@ from raftkv.pb.raftpb.raft_pb2 import (
     CONF_CHANGE_ADD_NODE,
     ENTRY_CONF_CHANGE,
     MSG_HUP,
-    MSG_PROP,
     MSG_READ_INDEX,
     MSG_SNAP_STATUS,
     MSG_TRANSFER_LEADER,
@@ -139,16 +138,12 @@ class RawNode:
     def propose(self, data: bytes, trace_context: bytes = b"") -> None:
         """Propose ``data`` for the log. Raises ``ProposalDroppedError`` if it was not accepted
         (here, or for forwarding to the leader); acceptance does not mean it will commit."""
-        m = Message(type=MSG_PROP, trace_context=trace_context, **{"from": self._raft.id})
-        m.entries.add(data=data)
-        self._raft.step(m)
+        self._raft.propose([Entry(data=data)], trace_context)
 
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose a single-server configuration change (applied when it commits, through
         ``apply_conf_change``). Raises ``ProposalDroppedError`` when refused."""
-        m = Message(type=MSG_PROP, **{"from": self._raft.id})
-        m.entries.add(type=ENTRY_CONF_CHANGE, data=cc.SerializeToString())
-        self._raft.step(m)
+        self._raft.propose([Entry(type=ENTRY_CONF_CHANGE, data=cc.SerializeToString())], b"")
 
     def step(self, m: Message) -> None:
         """Handle a message from a peer. The node keeps ``m``: don't reuse or mutate it.
@@ -224,6 +219,8 @@ class RawNode:
         log = r.log
         return bool(
             r.msgs
+            or r.bcast_entries_pending
+            or r.bcast_commit_pending
             or log.unstable.entries
             or log.unstable.snapshot is not None
             or r.read_states
@@ -236,6 +233,7 @@ class RawNode:
         """The work to do now; see ``Ready``. Call ``advance`` when done with it."""
         r = self._raft
         log = r.log
+        r.flush_broadcast()
         rd = Ready(
             entries=log.unstable_entries(),
             snapshot=log.unstable.snapshot,
