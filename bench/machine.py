@@ -1,0 +1,114 @@
+"""Describe the machine a benchmark ran on, so a reader can tell what the numbers mean.
+
+Everything comes from /proc, /sys and the binaries themselves; a piece that cannot be read is
+reported as "unknown" rather than failing the run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from bench.clusters import ETCD_BIN
+
+UNKNOWN = "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or UNKNOWN
+
+
+def _memory() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return UNKNOWN
+
+
+def _mount_of(path: Path) -> tuple[str, str, str] | None:
+    """(device, mount point, filesystem type) of the mount holding `path`."""
+    path = path.resolve()
+    best: tuple[str, str, str] | None = None
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        device, mount_point, fstype, *_ = line.split()
+        mount = Path(mount_point)
+        if (mount == path or mount in path.parents) and (
+            best is None or len(mount_point) >= len(best[1])
+        ):
+            best = (device, mount_point, fstype)
+    return best
+
+
+def _disk(path: Path) -> str:
+    mount = _mount_of(path)
+    if mount is None:
+        return UNKNOWN
+    device, mount_point, fstype = mount
+    text = f"{fstype} on {device} (mounted at {mount_point})"
+    block = Path("/sys/class/block") / Path(device).name
+    try:
+        # A partition's queue attributes live on its parent disk.
+        queue = block / "queue" if (block / "queue").exists() else block.resolve().parent / "queue"
+        rotational = (queue / "rotational").read_text().strip()
+        text += ", rotational" if rotational == "1" else ", non-rotational"
+    except OSError:
+        pass
+    return text
+
+
+def _etcd_version() -> str:
+    try:
+        out = subprocess.run(
+            [str(ETCD_BIN), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return UNKNOWN
+    for line in out.splitlines():
+        if line.startswith("etcd Version:"):
+            return line.split(":", 1)[1].strip()
+    return UNKNOWN
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
+def _git_commit(repo: Path) -> str:
+    """HEAD's short hash, flagged when the server's sources differ from it."""
+    try:
+        head = _git(repo, "rev-parse", "--short", "HEAD")
+        dirty = _git(repo, "status", "--porcelain", "--", "server")
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN
+    return f"{head} (with uncommitted changes in server/)" if dirty else head
+
+
+def describe(data_dir: Path, repo: Path) -> dict[str, str]:
+    """Ordered facts about this machine and the software under test."""
+    return {
+        "CPU": _cpu_model(),
+        "Cores": str(os.cpu_count() or UNKNOWN),
+        "Memory": _memory(),
+        "Data disk": _disk(data_dir),
+        "Kernel": f"{platform.system()} {platform.release()}",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "etcd": _etcd_version(),
+        "raftkv commit": _git_commit(repo),
+    }

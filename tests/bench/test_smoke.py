@@ -1,0 +1,84 @@
+"""The load generator against real servers: a tiny run on etcd, and a server lacking services.
+
+The smoke test runs the write workload for a fraction of a second against a real 1-member
+etcd, so a broken client, a wrong stub or a metric that is never produced shows up in seconds.
+The others point workloads and `etcdctl check perf` at a gRPC server that implements nothing:
+they must report "unsupported" (what raftkv gets while it lacks Watch or Lease), not crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bench.checkperf import run_check_perf
+from bench.clusters import Cluster, Kind, Member
+from bench.load import Unsupported
+from bench.workloads import QUICK, lease_keepalive, puts
+from tests.support.etcd import free_port, start_etcd_cluster
+from tests.support.fixtures import require_etcd
+
+pytestmark = pytest.mark.integration
+
+TINY = replace(QUICK, seconds=0.3, warmup=0.05, put_concurrency=(4,))
+
+
+def _bench_cluster(root: Path, targets: list[tuple[str, object]]) -> Cluster:
+    """A bench Cluster over processes somebody else started (and will stop)."""
+    members = [
+        Member(
+            name=f"m{i}",
+            client_url=f"http://{target}",
+            peer_url="",
+            data_dir=root,
+            log_path=root / "log",
+            argv=[],
+            process=process,  # type: ignore[arg-type]
+        )
+        for i, (target, process) in enumerate(targets)
+    ]
+    return Cluster(kind=Kind.ETCD, root=root, members=members)
+
+
+def test_put_workload_on_real_etcd(tmp_path: Path) -> None:
+    require_etcd()
+    with start_etcd_cluster(tmp_path) as etcd:
+        member = etcd.members[0]
+        cluster = _bench_cluster(tmp_path, [(etcd.grpc_targets[0], member.process)])
+        metrics = {m.name: m for m in asyncio.run(puts(cluster, TINY))}
+    for label in ("1 client", "4 clients"):
+        assert metrics[f"{label}: throughput"].value > 0
+        assert 0 < metrics[f"{label}: p50"].value <= metrics[f"{label}: p99"].value
+    assert metrics["4 clients: member CPU per op"].value > 0
+    assert not any("errors" in name for name in metrics)
+
+
+@pytest.fixture
+def empty_server() -> Iterator[str]:
+    """A real gRPC server on 127.0.0.1 with no services: every call is UNIMPLEMENTED."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    target = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(target)
+    server.start()
+    try:
+        yield target
+    finally:
+        server.stop(grace=None)
+
+
+def test_missing_lease_service_is_unsupported(empty_server: str, tmp_path: Path) -> None:
+    cluster = _bench_cluster(tmp_path, [(empty_server, None)])
+    with pytest.raises(Unsupported, match="UNIMPLEMENTED"):
+        asyncio.run(lease_keepalive(cluster, TINY))
+
+
+def test_check_perf_on_a_server_without_kv_is_unsupported(empty_server: str) -> None:
+    require_etcd()
+    with pytest.raises(Unsupported):
+        run_check_perf(f"http://{empty_server}", "s", slack_s=20)
