@@ -1,0 +1,99 @@
+"""The one table mapping domain errors to etcd's gRPC status codes and messages.
+
+Clients (etcdctl, clientv3, other libraries) match etcd's error text byte for byte, so each entry
+carries etcd's exact message; the domain exception's own text is used only where it already is
+etcd's message. `tests/api/test_errors.py` checks every domain error class is mapped here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from raftkv.apply import errors as apply_errors
+from raftkv.lease import errors as lease_errors
+from raftkv.membership import errors as membership_errors
+from raftkv.mvcc import errors as mvcc_errors
+from raftkv.node import errors as node_errors
+
+
+@dataclass(frozen=True)
+class EtcdError:
+    code: grpc.StatusCode
+    message: str
+
+
+# etcd's client-visible errors (etcdserver/api/v3rpc/rpctypes), by the names etcd gives them.
+EMPTY_KEY = EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided")
+KEY_NOT_FOUND = EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found")
+VALUE_PROVIDED = EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: value is provided")
+LEASE_PROVIDED = EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: lease is provided")
+TOO_MANY_OPS = EtcdError(
+    grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request"
+)
+DUPLICATE_KEY = EtcdError(
+    grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"
+)
+COMPACTED = EtcdError(
+    grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
+)
+FUTURE_REV = EtcdError(
+    grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"
+)
+NO_SPACE = EtcdError(
+    grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"
+)
+LEASE_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+MEMBER_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: member ID already exist")
+PEER_URL_EXIST = EtcdError(
+    grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"
+)
+MEMBER_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
+MEMBER_REMOVED = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: ID removed")
+REQUEST_TOO_LARGE = EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large")
+NOT_LEADER = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+NO_LEADER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+TIMEOUT = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
+STOPPED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
+NOT_CAPABLE = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: not capable")
+
+_BY_TYPE: dict[type[Exception], EtcdError] = {
+    apply_errors.EmptyKeyError: EMPTY_KEY,
+    apply_errors.KeyNotFoundError: KEY_NOT_FOUND,
+    apply_errors.ValueProvidedError: VALUE_PROVIDED,
+    apply_errors.LeaseProvidedError: LEASE_PROVIDED,
+    apply_errors.TooManyOpsError: TOO_MANY_OPS,
+    apply_errors.DuplicateKeyError: DUPLICATE_KEY,
+    apply_errors.LeaseNotFoundError: LEASE_NOT_FOUND,
+    lease_errors.LeaseNotFoundError: LEASE_NOT_FOUND,
+    lease_errors.LeaseExistsError: LEASE_EXIST,
+    lease_errors.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,
+    lease_errors.NotPrimaryError: NOT_LEADER,
+    mvcc_errors.CompactedError: COMPACTED,
+    mvcc_errors.FutureRevisionError: FUTURE_REV,
+    mvcc_errors.EmptyKeyError: EMPTY_KEY,
+    membership_errors.MemberExistsError: MEMBER_EXIST,
+    membership_errors.PeerURLExistsError: PEER_URL_EXIST,
+    membership_errors.MemberNotFoundError: MEMBER_NOT_FOUND,
+    membership_errors.IDRemovedError: MEMBER_REMOVED,
+    node_errors.NoLeaderError: NO_LEADER,
+    node_errors.RequestTimeoutError: TIMEOUT,
+    node_errors.ServerStoppedError: STOPPED,
+    node_errors.RequestTooLargeError: REQUEST_TOO_LARGE,
+}
+
+
+def lookup(error: BaseException) -> EtcdError | None:
+    """etcd's status for a domain error, or None if `error` is not a domain error."""
+    for cls in type(error).__mro__:
+        found = _BY_TYPE.get(cls)  # type: ignore[arg-type]
+        if found is not None:
+            return found
+    return None
+
+
+def mapped_types() -> frozenset[type[Exception]]:
+    return frozenset(_BY_TYPE)

@@ -1,0 +1,29 @@
+"""Errors of the member as a whole (mapped to etcd's gRPC errors in api/errors.py)."""
+
+
+class NodeError(Exception):
+    """Base class of node errors."""
+
+
+class RequestTimeoutError(NodeError):
+    def __init__(self) -> None:
+        super().__init__("etcdserver: request timed out")
+
+
+class NoLeaderError(NodeError):
+    def __init__(self) -> None:
+        super().__init__("etcdserver: no leader")
+
+
+class ServerStoppedError(NodeError):
+    def __init__(self) -> None:
+        super().__init__("etcdserver: server stopped")
+
+
+class RequestTooLargeError(NodeError):
+    def __init__(self) -> None:
+        super().__init__("etcdserver: request is too large")
+
+
+class DataDirError(NodeError):
+    """The data dir cannot be used (another cluster's, a removed member's, corrupt...)."""

@@ -1,0 +1,291 @@
+"""One raftkv member: its data dir, Raft node, state machine and peer transport, put together.
+
+Data dir layout (etcd's, with raftkv's file formats):
+
+    <data-dir>/member/wal/        WAL segments (metadata: member ID and cluster ID)
+    <data-dir>/member/snap/*.snap Raft snapshots (metadata + cluster info)
+    <data-dir>/member/snap/db     the backend database (MVCC, leases, members, ...)
+
+A brand-new member of a new cluster computes every member's ID from `--initial-cluster` exactly
+as etcd does, so all founding members agree without talking; Raft then starts from the same
+configuration-change entries on each of them. A member with a WAL restarts from it and ignores
+the `--initial-cluster*` flags, as etcd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raftkv.apply.applier import Applier
+from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
+from raftkv.membership import Member, compute_cluster_id, compute_member_id
+from raftkv.node.config import ServerConfig
+from raftkv.node.errors import DataDirError, RequestTooLargeError
+from raftkv.node.raft_node import RaftNode
+from raftkv.pb.etcdserverpb import rpc_pb2
+from raftkv.pb.raftpb import raft_pb2 as raftpb
+from raftkv.pb.serverpb import internal_pb2 as serverpb
+from raftkv.raft import Config, MemoryStorage, RawNode
+from raftkv.storage.snapshotter import Snapshotter
+from raftkv.storage.wal import WAL, GroupCommitWAL
+from raftkv.transport import PeerTransport
+
+log = logging.getLogger(__name__)
+
+
+class MemberServer:
+    """What the API layer talks to: proposals, reads, and the identity for response headers."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        member_dir = Path(config.data_dir) / "member"
+        self.wal_dir = member_dir / "wal"
+        self.snap_dir = member_dir / "snap"
+        self.member_id = 0
+        self.cluster_id = 0
+        self.node: RaftNode
+        self.applier: Applier
+        self.lease_keeper: LeaseKeeper
+        self.transport: PeerTransport
+        self._known_peers: dict[int, tuple[str, ...]] = {}
+        self._publish_task: asyncio.Task[None] | None = None
+        self._compaction_task: asyncio.Task[None] | None = None
+
+    # ---- start and stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.snap_dir.mkdir(parents=True, exist_ok=True)
+        lessor = Lessor(
+            min_ttl=min_lease_ttl(self.config.election_ticks, self.config.heartbeat_interval_ms)
+        )
+        self.applier = Applier(
+            self.snap_dir / "db", max_txn_ops=self.config.max_txn_ops, lessor=lessor
+        )
+        if WAL.exists(self.wal_dir):
+            rawnode, storage, wal, snapshot_index = self._restart()
+        else:
+            rawnode, storage, wal, snapshot_index = self._bootstrap_new()
+        snapshotter = Snapshotter(self.snap_dir)
+        self.node = RaftNode(
+            member_id=self.member_id,
+            rawnode=rawnode,
+            storage=storage,
+            wal=GroupCommitWAL(wal),
+            snapshotter=snapshotter,
+            applier=self.applier,
+            send=self._send,
+            tick_seconds=self.config.heartbeat_interval_ms / 1000,
+            election_ticks=self.config.election_ticks,
+            snapshot_count=self.config.snapshot_count,
+            snapshot_index=snapshot_index,
+            request_timeout=self.request_timeout,
+        )
+        self.transport = PeerTransport(
+            member_id=self.member_id,
+            cluster_id=self.cluster_id,
+            on_messages=self.node.step,
+            on_snapshot=self.node.receive_snapshot,
+            snapshot_dir=self.snap_dir / "incoming",
+            snapshot_provider=self._snapshot_payload,
+            on_unreachable=self.node.report_unreachable,
+            on_snapshot_status=self.node.report_snapshot,
+            is_removed=self.applier.membership.removed.__contains__,
+        )
+        self._sync_peers()
+        self.node.add_apply_listener(self._sync_peers)
+        self.node.add_apply_listener(self._schedule_compaction)
+        await self.transport.start([str(url) for url in self.config.listen_peer_urls])
+        # The leader alone expires leases; a new leader first extends them by an election timeout.
+        self.lease_keeper = LeaseKeeper(
+            lessor, self.propose, extend=self.config.election_timeout_ms / 1000
+        )
+        self.node.add_leader_listener(
+            lambda change: self.lease_keeper.on_leadership(change.is_leader)
+        )
+        self.node.start()
+        self.lease_keeper.start()
+        self._publish_task = asyncio.create_task(self._publish_attributes())
+
+    async def stop(self) -> None:
+        for task in (self._publish_task, self._compaction_task):
+            if task is not None:
+                task.cancel()
+        await self.lease_keeper.stop()
+        await self.node.stop()
+        await self.transport.stop()
+        await self.node.wal.close()
+        self.applier.close()
+
+    @property
+    def request_timeout(self) -> float:
+        """etcd's: 5 s plus two election timeouts."""
+        return 5.0 + 2 * self.config.election_timeout_ms / 1000
+
+    def _raft_config(self, storage: MemoryStorage, applied: int) -> Config:
+        return Config(
+            id=self.member_id,
+            storage=storage,
+            rng=random.Random(),
+            election_tick=self.config.election_ticks,
+            heartbeat_tick=1,
+            applied=applied,
+            max_size_per_msg=1 << 20,
+            max_inflight_msgs=256,
+            check_quorum=True,
+            pre_vote=True,
+        )
+
+    def _bootstrap_new(self) -> tuple[RawNode, MemoryStorage, WAL, int]:
+        if self.config.initial_cluster_state == "existing":
+            raise DataDirError(
+                "joining an existing cluster (--initial-cluster-state=existing) needs "
+                "cluster administration support, which this member does not have yet"
+            )
+        token = self.config.initial_cluster_token
+        founders = [
+            Member(
+                id=compute_member_id([str(u) for u in urls], token),
+                name=name,
+                peer_urls=tuple(sorted(str(u) for u in urls)),
+            )
+            for name, urls in self.config.initial_cluster.items()
+        ]
+        me = next(m for m in founders if m.name == self.config.name)
+        self.member_id = me.id
+        self.cluster_id = compute_cluster_id(m.id for m in founders)
+        self.applier.membership.set_cluster_id(self.cluster_id)
+        self.applier.commit()
+        metadata = serverpb.WALMetadata(member_id=self.member_id, cluster_id=self.cluster_id)
+        wal = WAL.create(self.wal_dir, metadata.SerializeToString())
+        storage = MemoryStorage()
+        rawnode = RawNode(self._raft_config(storage, applied=0))
+        rawnode.bootstrap([(m.id, m.to_json()) for m in sorted(founders, key=lambda m: m.id)])
+        log.info(
+            "starting new member %x of cluster %x with %d founding members",
+            self.member_id,
+            self.cluster_id,
+            len(founders),
+        )
+        return rawnode, storage, wal, 0
+
+    def _restart(self) -> tuple[RawNode, MemoryStorage, WAL, int]:
+        wal, contents = WAL.open(self.wal_dir)
+        metadata = serverpb.WALMetadata.FromString(contents.metadata)
+        self.member_id = metadata.member_id
+        self.cluster_id = metadata.cluster_id
+        stored_cluster = self.applier.membership.cluster_id
+        if stored_cluster and stored_cluster != self.cluster_id:
+            raise DataDirError(
+                f"data dir {self.config.data_dir} is inconsistent: WAL belongs to cluster "
+                f"{self.cluster_id:x} but the database to cluster {stored_cluster:x}"
+            )
+        if self.member_id in self.applier.membership.removed:
+            raise DataDirError(
+                f"member {self.member_id:x} has already been removed from the cluster; "
+                "start it with a new data dir to add it again"
+            )
+        storage = MemoryStorage()
+        snapshot = Snapshotter(self.snap_dir).load_newest()
+        snapshot_index = 0
+        if snapshot is not None and snapshot.metadata.index >= contents.snapshot_index:
+            storage.apply_snapshot(snapshot)
+            snapshot_index = snapshot.metadata.index
+        storage.set_hard_state(contents.hard_state)
+        storage.append([e for e in contents.entries if e.index > snapshot_index])
+        rawnode = RawNode(self._raft_config(storage, applied=snapshot_index))
+        log.info(
+            "restarting member %x of cluster %x at commit %d (backend applied %d)",
+            self.member_id,
+            self.cluster_id,
+            contents.hard_state.commit,
+            self.applier.consistent_index,
+        )
+        return rawnode, storage, wal, snapshot_index
+
+    # ---- peers -------------------------------------------------------------------------------
+
+    def _send(self, messages: list[raftpb.Message]) -> None:
+        self.transport.send(messages)
+
+    def _sync_peers(self) -> None:
+        """Keep the transport's peers equal to the applied member list."""
+        members = {m.id: m.peer_urls for m in self.applier.membership.members.values()}
+        members.pop(self.member_id, None)
+        if members == self._known_peers:
+            return
+        for member_id in self._known_peers.keys() - members.keys():
+            self.transport.remove_peer(member_id)
+        for member_id, urls in members.items():
+            if member_id not in self._known_peers:
+                self.transport.add_peer(member_id, list(urls))
+            elif self._known_peers[member_id] != urls:
+                self.transport.update_peer(member_id, list(urls))
+        self._known_peers = members
+
+    def _snapshot_payload(self, message: raftpb.Message) -> Path:
+        """A consistent copy of the backend to stream beside an outgoing snapshot."""
+        index = message.snapshot.metadata.index
+        path = self.snap_dir / f"outgoing-{index:016x}.db"
+        if not path.exists():
+            for old in self.snap_dir.glob("outgoing-*.db"):
+                old.unlink(missing_ok=True)
+            self.applier.commit()
+            self.applier.backend.snapshot_to(path)
+        return path
+
+    def _schedule_compaction(self) -> None:
+        if self.applier.store.compaction_pending and (
+            self._compaction_task is None or self._compaction_task.done()
+        ):
+            self._compaction_task = asyncio.create_task(self._delete_compacted_rows())
+
+    async def _delete_compacted_rows(self) -> None:
+        """Physically delete compacted history in small batches, yielding to requests between."""
+        store = self.applier.store
+        while store.compact_step():
+            self.applier.commit()
+            await asyncio.sleep(0.001)
+        self.applier.commit()
+
+    async def _publish_attributes(self) -> None:
+        """Record this member's name and client URLs in the replicated member list."""
+        request = serverpb.InternalRequest(
+            member_attributes=serverpb.MemberAttributesRequest(
+                member_id=self.member_id,
+                name=self.config.name,
+                client_urls=[str(u) for u in self.config.advertise_client_urls],
+            )
+        )
+        while True:
+            try:
+                await self.node.propose(request)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.info("publishing member attributes failed (%s); retrying", error)
+                await asyncio.sleep(0.5)
+
+    # ---- what the API layer uses -------------------------------------------------------------
+
+    async def propose(self, request: serverpb.InternalRequest) -> Any:
+        if request.ByteSize() > self.config.max_request_bytes:
+            raise RequestTooLargeError()
+        response = await self.node.propose(request)
+        if response is not None and hasattr(response, "header"):
+            self.fill_header(response.header, response.header.revision)
+        return response
+
+    def fill_header(self, header: rpc_pb2.ResponseHeader, revision: int = 0) -> None:
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.revision = revision or self.applier.store.current_revision
+        header.raft_term = self.node.term
+
+    def on_leader_change(self, listener: Callable[..., None]) -> None:
+        self.node.add_leader_listener(listener)
