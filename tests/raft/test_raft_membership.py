@@ -190,3 +190,16 @@ def test_changes_that_change_nothing() -> None:
     assert sorted(cs.voters) == [1, 2, 3]
     cs = net.nodes[1].apply_conf_change(pb.ConfChange(type=ADD, node_id=3))
     assert sorted(cs.voters) == [1, 2, 3]
+
+
+def test_a_candidate_that_applies_its_own_removal_stops_campaigning() -> None:
+    net = Net(pre_vote=False)
+    net.nodes[3].campaign()
+    net.drain(3)
+    assert net.nodes[3].state is StateType.CANDIDATE
+    net.nodes[3].apply_conf_change(pb.ConfChange(type=REMOVE, node_id=3))
+    assert net.nodes[3].state is FOLLOWER
+    net.deliver()  # the votes it asked for arrive; it must not become leader
+    assert net.nodes[3].state is FOLLOWER
+    net.tick(3, 50)
+    assert net.nodes[3].state is FOLLOWER

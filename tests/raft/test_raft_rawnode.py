@@ -179,3 +179,22 @@ def test_read_states_and_messages_come_out_once() -> None:
     assert [rs.request_ctx for rs in rd.read_states] == [b"r"]
     n.advance(rd)
     assert not n.has_ready()
+
+
+def test_restart_tolerates_a_hard_state_older_than_the_snapshot() -> None:
+    st = MemoryStorage()
+    snap = pb.Snapshot(data=b"s")
+    snap.metadata.index, snap.metadata.term = 8, 2
+    snap.metadata.conf_state.voters.extend([1, 2, 3])
+    st.apply_snapshot(snap)
+    st.set_hard_state(pb.HardState(term=2, vote=1, commit=5))  # written before the snapshot
+    n = node(1, st, applied=8)
+    assert n.status().hard_state.commit == 8 and n.term == 2
+
+
+def test_restart_refuses_a_commit_index_past_the_log() -> None:
+    st = MemoryStorage()
+    st.append([pb.Entry(index=1, term=1)])
+    st.set_hard_state(pb.HardState(term=1, commit=3))
+    with pytest.raises(RaftError, match="past the last index"):
+        node(1, st)

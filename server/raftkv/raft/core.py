@@ -177,12 +177,14 @@ class Raft:
 
     def _load_state(self, hs: HardState) -> None:
         log = self.log
-        if hs.commit < log.committed or hs.commit > log.last_index():
+        if hs.commit > log.last_index():
             raise RaftError(
-                f"hard state commit {hs.commit} is out of range "
-                f"[{log.committed}, {log.last_index()}]"
+                f"hard state commit {hs.commit} is past the last index {log.last_index()}; "
+                "was the log truncated or lost?"
             )
-        log.committed = hs.commit
+        # A snapshot is committed by definition: a hard state saved before the snapshot was
+        # installed (a crash in between) may lag behind it.
+        log.committed = max(hs.commit, log.committed)
         self.term = hs.term
         self.vote = hs.vote
 
@@ -881,6 +883,16 @@ class Raft:
             prs.remove(nid)
         # CONF_CHANGE_UPDATE_NODE changes nothing raft knows about.
 
+        if (
+            t == CONF_CHANGE_REMOVE_NODE
+            and nid == self.id
+            and self.state
+            in (
+                CANDIDATE,
+                PRE_CANDIDATE,
+            )
+        ):
+            self.become_follower(self.term, 0)  # no longer a voter: stop campaigning
         if self.state is LEADER:
             if t == CONF_CHANGE_REMOVE_NODE:
                 if nid == self.id:
