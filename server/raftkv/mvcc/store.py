@@ -17,7 +17,7 @@ anything bumps the main revision once and numbers its changes with sub revisions
 Compaction is split in two, like etcd's: `compact(rev)` updates the index at once (reads and
 watches see the compacted store immediately) and records the rows to delete; `compact_step()`
 deletes them from the backend in bounded chunks, so a compaction of a long history never stalls
-the event loop. The applier runs one step per applied write (raftkv.apply.kv); the scheduled
+the event loop: the server calls it between requests while `compaction_pending`. The scheduled
 and finished revisions in `meta` let a restart resume an unfinished compaction.
 
 Not thread-safe: it is driven from the server's event loop only, one write transaction at a time.
