@@ -12,6 +12,7 @@ from raftkv.api.cluster import ClusterService
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.maintenance import MaintenanceService
+from raftkv.api.watch import WatchService
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError
 from raftkv.node.server import MemberServer
@@ -41,6 +42,10 @@ def build_grpc_server(member: MemberServer) -> grpc.aio.Server:
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(member), server)
+    watch = WatchService(
+        member, max_response_bytes=member.config.max_request_bytes + GRPC_OVERHEAD_BYTES
+    )
+    rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
     for url in member.config.listen_client_urls:
         if url.scheme != "http":
             raise DataDirError(f"client URL {url} needs TLS, which is not configured")

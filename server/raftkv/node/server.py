@@ -34,6 +34,7 @@ from raftkv.raft import Config, MemoryStorage, RawNode
 from raftkv.storage.snapshotter import Snapshotter
 from raftkv.storage.wal import WAL, GroupCommitWAL
 from raftkv.transport import PeerTransport
+from raftkv.watch import WatchableStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class MemberServer:
         self.node: RaftNode
         self.applier: Applier
         self.lease_keeper: LeaseKeeper
+        self.watchable: WatchableStore
         self.transport: PeerTransport
         self._known_peers: dict[int, tuple[str, ...]] = {}
         self._publish_task: asyncio.Task[None] | None = None
@@ -66,6 +68,9 @@ class MemberServer:
         self.applier = Applier(
             self.snap_dir / "db", max_txn_ops=self.config.max_txn_ops, lessor=lessor
         )
+        # Watchers follow the store's writes and resync when a snapshot replaces the store.
+        self.watchable = WatchableStore(self.applier.store)
+        self.applier.add_restore_listener(lambda: self.watchable.restore(self.applier.store))
         if WAL.exists(self.wal_dir):
             rawnode, storage, wal, snapshot_index = self._restart()
         else:
@@ -109,6 +114,7 @@ class MemberServer:
         )
         self.node.start()
         self.lease_keeper.start()
+        self.watchable.start()
         self._publish_task = asyncio.create_task(self._publish_attributes())
 
     async def stop(self) -> None:
@@ -116,6 +122,7 @@ class MemberServer:
             if task is not None:
                 task.cancel()
         await self.lease_keeper.stop()
+        await self.watchable.stop()
         await self.node.stop()
         await self.transport.stop()
         await self.node.wal.close()

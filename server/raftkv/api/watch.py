@@ -1,0 +1,126 @@
+"""etcd's Watch service: one bidirectional stream per call, many watchers per stream.
+
+Two tasks serve a call, as in etcd: a reader that applies the client's requests (create,
+cancel, progress) to the member's `WatchStream`, and the handler itself, which sends the
+stream's queued responses. gRPC's flow control makes `write` wait while the client does not
+read; the queue then fills up and the watchable store moves the stream's watchers to
+catching up from history, so a slow client costs a bounded amount of memory.
+
+Responses get the full etcd header here (cluster, member, term); the revision in it is the
+watch package's, kept as is even when it is 0 (etcd's compaction cancel). Watchers created
+with `fragment=true` get large responses split at `max_response_bytes`, which is etcd's
+limit: --max-request-bytes plus the gRPC overhead allowance.
+
+A call made with the `hasleader=true` metadata fails at once with "etcdserver: no leader"
+when the member knows no leader, and is ended with that error once the member has been
+without a leader for more than three election timeouts, as etcd 3.4 does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from raftkv.api.handlers import abort_with, requires_leader
+from raftkv.node.errors import NoLeaderError
+from raftkv.node.server import MemberServer
+from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from raftkv.watch import WatchStream, split_fragments
+
+log = logging.getLogger(__name__)
+
+# etcd's maxNoLeaderCnt: leaderless election timeouts tolerated before streams are ended.
+MAX_NO_LEADER_COUNT = 3
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, server: MemberServer, *, max_response_bytes: int) -> None:
+        self.server = server
+        self.max_response_bytes = max_response_bytes
+        self._leader_bound: set[WatchStream] = set()
+        self._monitor: asyncio.Task[None] | None = None
+
+    async def Watch(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        needs_leader = requires_leader(context)
+        if needs_leader:
+            try:
+                self.server.node.require_leader()
+            except NoLeaderError as error:
+                await abort_with(context, error)
+        stream = self.server.watchable.open_stream()
+        if needs_leader:
+            self._bind_to_leader(stream)
+        reader = asyncio.create_task(self._read_requests(context, stream))
+        try:
+            while True:
+                try:
+                    item = await stream.next()
+                except Exception as error:
+                    await abort_with(context, error)
+                    raise  # unreachable: abort raises
+                response = item.response
+                revision = response.header.revision
+                self.server.fill_header(response.header, revision)
+                response.header.revision = revision
+                if item.fragment:
+                    for piece in split_fragments(response, self.max_response_bytes):
+                        await context.write(piece)
+                else:
+                    await context.write(response)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._leader_bound.discard(stream)
+            stream.close()
+
+    async def _read_requests(self, context: grpc.aio.ServicerContext, stream: WatchStream) -> None:
+        """Apply the client's requests until it half-closes (the stream then stays open for
+        responses, as in etcd) or the call ends."""
+        try:
+            while True:
+                await stream.wait_for_room()
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                kind = request.WhichOneof("request_union")
+                if kind == "create_request":
+                    stream.create(request.create_request)
+                elif kind == "cancel_request":
+                    stream.cancel(request.cancel_request.watch_id)
+                elif kind == "progress_request":
+                    stream.request_progress()
+                # An empty request is ignored, as etcd ignores it.
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.debug("watch stream request reader failed: %s", error)
+            stream.terminate(error)
+
+    # ---- hasleader streams -------------------------------------------------------------------
+
+    def _bind_to_leader(self, stream: WatchStream) -> None:
+        self._leader_bound.add(stream)
+        if self._monitor is None or self._monitor.done():
+            self._monitor = asyncio.create_task(self._monitor_leader(), name="watch-leader")
+
+    async def _monitor_leader(self) -> None:
+        """etcd's leader monitor: check once per election timeout while hasleader streams
+        exist; after more than MAX_NO_LEADER_COUNT leaderless checks end them all."""
+        interval = self.server.config.election_timeout_ms / 1000
+        leaderless = 0
+        while self._leader_bound:
+            await asyncio.sleep(interval)
+            leaderless = leaderless + 1 if self.server.node.leader == 0 else 0
+            if leaderless > MAX_NO_LEADER_COUNT:
+                for stream in self._leader_bound:
+                    stream.terminate(NoLeaderError())
+                self._leader_bound.clear()
