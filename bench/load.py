@@ -44,6 +44,26 @@ def check_unimplemented(error: grpc.aio.AioRpcError) -> None:
         raise Unsupported(f"{error.code().name}: {error.details()}") from error
 
 
+async def raise_if_stream_unimplemented(
+    open_stream: Callable[[], grpc.aio.StreamStreamCall], wait: float = 1.0
+) -> None:
+    """Raise `Unsupported` if the server lacks the streaming method `open_stream` calls.
+
+    A write to a stream the server already refused fails with a generic INTERNAL error that
+    hides the reason, so after such a failure this opens the stream again and only reads: a
+    server without the method answers UNIMPLEMENTED at once, one with it stays silent.
+    """
+    call = open_stream()
+    try:
+        await asyncio.wait_for(call.read(), wait)
+    except grpc.aio.AioRpcError as error:
+        check_unimplemented(error)
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range_end that selects every key starting with `prefix` (etcd's convention)."""
     end = bytearray(prefix)

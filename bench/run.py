@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+
 from bench import machine, report
 from bench.clusters import ELECTION_MS, HEARTBEAT_MS, Kind, start_cluster
 from bench.load import Unsupported
@@ -95,6 +97,9 @@ def run_workload(
         return Outcome(Status.OK, metrics)
     except Unsupported as error:
         return Outcome(Status.UNSUPPORTED, note=str(error))
+    except grpc.aio.AioRpcError as error:
+        status = Status.UNSUPPORTED if error.code() is grpc.StatusCode.UNIMPLEMENTED else None
+        return Outcome(status or Status.FAILED, note=f"{error.code().name}: {error.details()}")
     except TimeoutError:
         return Outcome(Status.FAILED, note=f"did not finish within {limit:.0f} s")
     except Exception as error:

@@ -37,6 +37,7 @@ from bench.load import (
     leader_target,
     load_keys,
     prefix_end,
+    raise_if_stream_unimplemented,
 )
 from bench.results import Better, Metric
 from bench.stats import LatencySummary
@@ -243,28 +244,27 @@ async def watch_fanout(cluster: Cluster, profile: Profile) -> list[Metric]:
         per_stream = [watchers // profile.watch_streams] * profile.watch_streams
         for i in range(watchers % profile.watch_streams):
             per_stream[i] += 1
-        for s, count in enumerate(per_stream):
-            call = client.watch(s).Watch(timeout=None)
-            calls.append(call)
-            for _ in range(count):
-                await call.write(
-                    rpc_pb2.WatchRequest(
-                        create_request=rpc_pb2.WatchCreateRequest(
-                            key=prefix, range_end=prefix_end(prefix)
-                        )
-                    )
-                )
+        create = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(key=prefix, range_end=prefix_end(prefix))
+        )
         try:
-            # Every watcher must be created before any put, or it would miss events.
-            for call, count in zip(calls, per_stream, strict=True):
-                created = 0
-                while created < count:
-                    response = await asyncio.wait_for(call.read(), RPC_TIMEOUT_S)
+            # One create at a time, each confirmed before the next (and before any put, or a
+            # watcher would miss events). A server without Watch fails the first read.
+            for s, count in enumerate(per_stream):
+                call = client.watch(s).Watch(timeout=None)
+                calls.append(call)
+                for _ in range(count):
+                    try:
+                        await call.write(create)
+                        response = await asyncio.wait_for(call.read(), RPC_TIMEOUT_S)
+                    except grpc.aio.AioRpcError as error:
+                        check_unimplemented(error)
+                        await raise_if_stream_unimplemented(client.watch(s).Watch)
+                        raise
                     if response is grpc.aio.EOF:
                         raise RuntimeError("watch stream closed during creation")
-                    if response.canceled:
-                        raise RuntimeError(f"watch canceled: {response.cancel_reason}")
-                    created += int(response.created)
+                    if response.canceled or not response.created:
+                        raise RuntimeError(f"watch not created: {response}")
 
             async def reader(call: grpc.aio.StreamStreamCall) -> None:
                 while True:
@@ -314,6 +314,8 @@ async def watch_fanout(cluster: Cluster, profile: Profile) -> list[Metric]:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(phases[1].done.wait(), drain_timeout)
             for task in readers:
+                if task.done() and task.exception() is not None:
+                    raise RuntimeError("a watch stream failed") from task.exception()
                 task.cancel()
         finally:
             for call in calls:
@@ -364,6 +366,13 @@ async def lease_keepalive(cluster: Cluster, profile: Profile) -> list[Metric]:
             lease_ids.append(grant.ID)
         calls = [client.lease(i).LeaseKeepAlive(timeout=None) for i in range(len(lease_ids))]
         try:
+            try:
+                await calls[0].write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_ids[0]))
+                await asyncio.wait_for(calls[0].read(), RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                check_unimplemented(error)
+                await raise_if_stream_unimplemented(client.lease(0).LeaseKeepAlive)
+                raise
 
             async def keepalive(i: int) -> None:
                 await calls[i].write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_ids[i]))

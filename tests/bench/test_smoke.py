@@ -9,7 +9,7 @@ they must report "unsupported" (what raftkv gets while it lacks Watch or Lease),
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +20,7 @@ import pytest
 from bench.checkperf import run_check_perf
 from bench.clusters import Cluster, Kind, Member
 from bench.load import Unsupported
-from bench.workloads import QUICK, lease_keepalive, puts
+from bench.workloads import QUICK, Profile, lease_keepalive, puts, watch_fanout
 from tests.support.etcd import free_port, start_etcd_cluster
 from tests.support.fixtures import require_etcd
 
@@ -72,10 +72,13 @@ def empty_server() -> Iterator[str]:
         server.stop(grace=None)
 
 
-def test_missing_lease_service_is_unsupported(empty_server: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workload", [lease_keepalive, watch_fanout])
+def test_missing_service_is_unsupported(
+    workload: Callable[[Cluster, Profile], Awaitable[object]], empty_server: str, tmp_path: Path
+) -> None:
     cluster = _bench_cluster(tmp_path, [(empty_server, None)])
     with pytest.raises(Unsupported, match="UNIMPLEMENTED"):
-        asyncio.run(lease_keepalive(cluster, TINY))
+        asyncio.run(workload(cluster, TINY))
 
 
 def test_check_perf_on_a_server_without_kv_is_unsupported(empty_server: str) -> None:
