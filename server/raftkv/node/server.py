@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from raftkv.apply.applier import Applier
 from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
 from raftkv.membership import Member, compute_cluster_id, compute_member_id
+from raftkv.node import compactor
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError, RequestTooLargeError
 from raftkv.node.raft_node import RaftNode
@@ -57,6 +59,7 @@ class MemberServer:
         self._known_peers: dict[int, tuple[str, ...]] = {}
         self._publish_task: asyncio.Task[None] | None = None
         self._compaction_task: asyncio.Task[None] | None = None
+        self._auto_compactor: asyncio.Task[None] | None = None
 
     # ---- start and stop ----------------------------------------------------------------------
 
@@ -116,9 +119,10 @@ class MemberServer:
         self.lease_keeper.start()
         self.watchable.start()
         self._publish_task = asyncio.create_task(self._publish_attributes())
+        self._auto_compactor = self._start_auto_compactor()
 
     async def stop(self) -> None:
-        for task in (self._publish_task, self._compaction_task):
+        for task in (self._publish_task, self._compaction_task, self._auto_compactor):
             if task is not None:
                 task.cancel()
         await self.lease_keeper.stop()
@@ -244,6 +248,29 @@ class MemberServer:
             self.applier.commit()
             self.applier.backend.snapshot_to(path)
         return path
+
+    def _start_auto_compactor(self) -> asyncio.Task[None] | None:
+        policy: compactor.Policy
+        if self.config.revision_compaction_retain > 0:
+            policy = compactor.RevisionCompactionPolicy(self.config.revision_compaction_retain)
+        elif self.config.periodic_compaction_seconds > 0:
+            policy = compactor.PeriodicCompactionPolicy(self.config.periodic_compaction_seconds)
+        else:
+            return None
+
+        async def compact(revision: int) -> None:
+            request = rpc_pb2.CompactionRequest(revision=revision)
+            await self.propose(serverpb.InternalRequest(compaction=request))
+
+        return asyncio.create_task(
+            compactor.run_compactor(
+                policy,
+                clock=time.monotonic,
+                current_revision=lambda: self.applier.store.current_revision,
+                is_leader=lambda: self.node.is_leader,
+                compact=compact,
+            )
+        )
 
     def _schedule_compaction(self) -> None:
         if self.applier.store.compaction_pending and (
