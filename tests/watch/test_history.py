@@ -201,3 +201,20 @@ async def test_delete_events_from_history_carry_key_and_revision(store: KVStore)
             (DELETE, b"d/1", start),
             (DELETE, b"d/2", start),
         ]
+
+
+@async_test
+async def test_catch_up_responses_are_cut_between_revisions_at_the_byte_budget(
+    store: KVStore,
+) -> None:
+    value = b"v" * 100_000
+    history = [put(store, (b"big", value)) for _ in range(10)]
+    whole = put(store, (b"big", value), (b"big2", value), (b"big3", value))
+    async with watching(store, max_batch_bytes=250_000) as hub:
+        stream = hub.open_stream()
+        create(stream, b"big", range_end=b"bih", start_revision=history[0])
+        await recv_created(stream)
+        batches = [revisions(list((await recv(stream)).events)) for _ in range(4)]
+        # Three revisions reach the budget; a revision crossing it is never split.
+        assert batches == [history[0:3], history[3:6], history[6:9], [history[9]] + [whole] * 3]
+        await assert_quiet(stream)

@@ -10,7 +10,8 @@ Why it is shaped this way:
   queue was full when a write arrived (a slow reader: etcd's "victim"), or that survived a
   snapshot restore, is unsynced: it remembers the next revision it owes (`next_rev`) and a
   background task reads history with `events_since` in bounded windows (revisions and events)
-  and queues one response per watcher per window. Watchers lagging by similar amounts share one
+  and queues one response per watcher per window (cut earlier, between revisions, at a byte
+  budget). Watchers lagging by similar amounts share one
   read. Once a watcher reaches the current revision it joins the synced group; the event loop is
   single-threaded, so no write can slip in between the last history read and that move.
 - **Bounded memory, no head-of-line blocking.** Nothing is ever held for a watcher that cannot
@@ -43,6 +44,9 @@ DEFAULT_PROGRESS_INTERVAL = 600.0
 WINDOW_REVISIONS = 1000
 # ... and reads about this many events (whole revisions, so it may read a few more).
 WINDOW_EVENTS = 1000
+# A catch-up response stops adding revisions past this size (a client's default receive limit is
+# often 4 MiB); etcd does not bound it, and a single revision is never split.
+MAX_BATCH_BYTES = 2 * 1024 * 1024
 
 
 class RangeResultLike(Protocol):
@@ -95,6 +99,7 @@ class WatchableStore:
         max_pending_bytes: int = MAX_PENDING_BYTES,
         window_revisions: int = WINDOW_REVISIONS,
         window_events: int = WINDOW_EVENTS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._store = store
         self._progress_interval = progress_interval
@@ -102,6 +107,7 @@ class WatchableStore:
         self._max_pending_bytes = max_pending_bytes
         self._window_revisions = window_revisions
         self._window_events = window_events
+        self._max_batch_bytes = max_batch_bytes
         self._synced = WatcherGroup()
         self._unsynced: set[Watcher] = set()
         self._progress: set[Watcher] = set()
@@ -256,16 +262,8 @@ class WatchableStore:
         for watcher in [w for w in self._unsynced if low <= w.next_rev <= high]:
             if watcher.stream.full:
                 continue
-            batch = [
-                event
-                for event in events
-                if event_revision(event) >= watcher.next_rev
-                and watcher.matches(event.kv.key)
-                and watcher.accepts(event)
-            ]
+            batch, resume = self._history_batch(watcher, events, high + 1, with_prev)
             if batch:
-                if watcher.prev_kv:
-                    batch = [self._with_prev(event, with_prev) for event in batch]
                 response = rpc_pb2.WatchResponse(
                     header=rpc_pb2.ResponseHeader(revision=current),
                     watch_id=watcher.id,
@@ -273,10 +271,33 @@ class WatchableStore:
                 )
                 watcher.stream.push(response, watcher.fragment)
                 watcher.progress_due = False
-            watcher.next_rev = high + 1
-            if high >= current:
+            watcher.next_rev = resume
+            if resume > current:
                 self._make_synced(watcher)
         return high
+
+    def _history_batch(
+        self, watcher: Watcher, events: list[Event], resume: int, with_prev: dict[int, Event]
+    ) -> tuple[list[Event], int]:
+        """The watcher's events among `events`, and the revision it resumes from: `resume`,
+        or earlier if the batch reached the byte budget (cut between revisions only)."""
+        batch: list[Event] = []
+        size = 0
+        for event in events:
+            revision = event_revision(event)
+            if (
+                revision < watcher.next_rev
+                or not watcher.matches(event.kv.key)
+                or not watcher.accepts(event)
+            ):
+                continue
+            if size >= self._max_batch_bytes and revision != event_revision(batch[-1]):
+                return batch, revision
+            if watcher.prev_kv:
+                event = self._with_prev(event, with_prev)
+            batch.append(event)
+            size += event.ByteSize()
+        return batch, resume
 
     def _make_synced(self, watcher: Watcher) -> None:
         self._unsynced.discard(watcher)
