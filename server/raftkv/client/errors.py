@@ -10,7 +10,8 @@ The hierarchy groups errors by what a caller does about them:
 
 - `UnavailableError` (and its `NoLeaderError`, `LeaderChangedError`, …): the cluster cannot
   answer right now; retrying later, perhaps on another member, may succeed.
-- `TimeoutError`: a deadline passed; also a subclass of the built-in `TimeoutError`.
+- `TimeoutError`: a deadline passed; also a subclass of the built-in `TimeoutError`. The
+  server's own "request timed out" (`RequestTimeoutError`) is both a timeout and unavailable.
 - `RevisionError` (`CompactedError`, `FutureRevisionError`): the requested revision is gone or not
   there yet.
 - `InvalidRequestError`: the request itself is wrong (too many ops, duplicate key, …).
@@ -65,6 +66,7 @@ __all__ = [
     "PeerURLExistsError",
     "PermissionDeniedError",
     "PermissionNotGrantedError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "RevisionError",
     "RoleEmptyError",
@@ -146,10 +148,20 @@ class NotSupportedForLearnerError(UnavailableError):
 
 
 class TimeoutError(EtcdError, builtins.TimeoutError):
-    """A deadline passed: the server's "request timed out" or the call's own deadline."""
+    """A deadline passed: the call's own deadline, or the server's (`RequestTimeoutError`)."""
 
     CODE = _S.DEADLINE_EXCEEDED
     MESSAGE = "context deadline exceeded"
+
+
+class RequestTimeoutError(TimeoutError, UnavailableError):
+    """The server gave up waiting for its proposal to commit ("etcdserver: request timed out").
+
+    A write that timed out this way may still be applied later.
+    """
+
+    CODE = _S.UNAVAILABLE
+    MESSAGE = "etcdserver: request timed out"
 
 
 class TooManyRequestsError(EtcdError):
@@ -414,6 +426,7 @@ class ElectionNotLeaderError(ElectionError):
 
 _KNOWN: tuple[type[EtcdError], ...] = (
     NoLeaderError,
+    RequestTimeoutError,
     LeaderChangedError,
     NotCapableError,
     ServerStoppedError,
@@ -485,7 +498,7 @@ def from_status(code: grpc.StatusCode, message: str) -> EtcdError:
     """The typed error for a gRPC status and etcd's message text."""
     cls = _BY_MESSAGE.get(message)
     if cls is None and message.startswith(_TIMED_OUT_PREFIX):
-        cls = TimeoutError
+        cls = RequestTimeoutError
     if cls is None:
         cls = _BY_CODE.get(code, EtcdError)
     return cls(message, code=code)

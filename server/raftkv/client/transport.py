@@ -234,14 +234,24 @@ class Transport:
         self._down_until.pop(endpoint, None)
 
     async def connect(self, endpoint: Endpoint, budget: float) -> bool:
-        """Wait up to `budget` seconds for `endpoint`'s channel to be ready; False if it is not."""
+        """Wait up to `budget` seconds for `endpoint`'s channel to be ready.
+
+        False as soon as the connection attempt fails (TRANSIENT_FAILURE), so the caller can
+        move on instead of waiting out gRPC's reconnect backoff.
+        """
         channel = self._channel(endpoint)
-        if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
-            return True
-        try:
-            await asyncio.wait_for(channel.channel_ready(), max(budget, 0.0))
-        except TimeoutError:
-            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        state = channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            remaining = deadline - loop.time()
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE or remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            except TimeoutError:
+                return False
+            state = channel.get_state(try_to_connect=True)
         return True
 
     async def backoff(self, attempt: int, deadline: float) -> None:
