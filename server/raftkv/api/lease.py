@@ -237,6 +237,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return member.client_urls[0]
 
     def channel(self, url: str) -> grpc.aio.Channel:
+        """A channel to a member's client URL, kept for the life of the process."""
         channel = self._channels.get(url)
         if channel is None:
             target = url.removeprefix("http://")
@@ -248,8 +249,3 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         if left <= 0:
             raise RequestTimeoutError()
         await asyncio.sleep(min(_RETRY_SECONDS, left))
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
