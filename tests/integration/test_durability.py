@@ -91,3 +91,24 @@ def test_leader_sigkill_under_writes_loses_nothing_and_recovers(cluster3: RaftKV
         wait_serving(member)
         # Linearizable read through each member: everything acknowledged is there.
         assert get_prefix(member.target, b"/w/").items() >= acknowledged.items()
+
+
+def test_whole_cluster_restart_without_snapshot_elects_a_leader(tmp_path: Path) -> None:
+    """Raft's configuration is rebuilt from the replayed log when there is no snapshot."""
+    with start_raftkv_cluster(tmp_path, size=3) as cluster:
+        put(cluster.grpc_targets[0], b"/restart/before", b"1")
+        for member in cluster.members:
+            member.kill(signal.SIGKILL)
+        for member in cluster.members:
+            member.start()
+        for member in cluster.members:
+            wait_serving(member)
+        put(cluster.grpc_targets[1], b"/restart/after", b"2")
+        leader = cluster.leader()
+        leader.kill(signal.SIGKILL)
+        survivor = next(m for m in cluster.members if m.alive)
+        wait_serving(survivor)
+        assert get_prefix(survivor.target, b"/restart/") == {
+            b"/restart/before": b"1",
+            b"/restart/after": b"2",
+        }

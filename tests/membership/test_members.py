@@ -85,3 +85,12 @@ def test_invalid_changes_get_etcds_errors(tmp_path: Path) -> None:
     membership.apply(raftpb.ConfChange(type=raftpb.CONF_CHANGE_REMOVE_NODE, node_id=1))
     with pytest.raises(IDRemovedError, match="ID removed"):
         membership.validate(_change(raftpb.CONF_CHANGE_ADD_NODE, a))
+
+
+def test_refused_changes_are_remembered_across_reload(tmp_path: Path) -> None:
+    membership = _membership(tmp_path)
+    membership.record_refused(42)
+    membership.backend.commit()
+    reloaded = Membership.load(membership.backend)
+    assert reloaded.was_refused(42)
+    assert not reloaded.was_refused(41)

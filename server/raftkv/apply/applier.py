@@ -19,6 +19,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from raftkv.apply.alarms import AlarmStore
 from raftkv.apply.errors import ApplyError
 from raftkv.apply.kv import KVApplier
 from raftkv.lease import LeaseError, Lessor
@@ -73,6 +74,7 @@ class Applier:
             self.store, max_txn_ops=self.max_txn_ops, lease_checker=self.lessor.__contains__
         )
         self.membership = Membership.load(self.backend)
+        self.alarms = AlarmStore(self.backend)
         self.store.add_listener(self.lessor.on_kv_events)
         self.lessor.recover(self.backend, StoreKeyDeleter(self.store), leased_keys(self.store))
 
@@ -101,6 +103,7 @@ class Applier:
             return request.header.id, error
 
     def _dispatch(self, kind: str | None, body: Any) -> Any:
+        self.alarms.check(kind, body)
         if kind == "put":
             return self.kv.put(body)
         if kind == "delete_range":
@@ -118,6 +121,8 @@ class Applier:
         if kind == "lease_checkpoint":
             self.lessor.checkpoint((c.ID, c.remaining_TTL) for c in body.checkpoints)
             return rpc_pb2.LeaseCheckpointResponse(header=self._header())
+        if kind == "alarm":
+            return rpc_pb2.AlarmResponse(header=self._header(), alarms=self.alarms.apply(body))
         if kind == "member_attributes":
             self.membership.set_client_urls(body.member_id, body.name, tuple(body.client_urls))
             return None
@@ -133,6 +138,7 @@ class Applier:
         try:
             self.membership.validate(change)
         except MembershipError as error:
+            self.membership.record_refused(index)
             return error
         self.membership.apply(change)
         return None

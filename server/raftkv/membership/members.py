@@ -26,6 +26,7 @@ from raftkv.pb.raftpb import raft_pb2 as raftpb
 
 MEMBERS_BUCKET = "members"
 REMOVED_BUCKET = "members_removed"
+REFUSED_BUCKET = "conf_changes_refused"
 CLUSTER_BUCKET = "cluster"
 
 
@@ -103,7 +104,7 @@ class Membership:
 
     @classmethod
     def load(cls, backend: BucketStore) -> Membership:
-        for bucket in (MEMBERS_BUCKET, REMOVED_BUCKET, CLUSTER_BUCKET):
+        for bucket in (MEMBERS_BUCKET, REMOVED_BUCKET, CLUSTER_BUCKET, REFUSED_BUCKET):
             backend.create_bucket(bucket)
         members = {
             struct.unpack(">Q", k)[0]: Member.from_json(v)
@@ -140,6 +141,13 @@ class Membership:
                     raise PeerURLExistsError()
         elif cc.node_id not in self.members:
             raise MemberNotFoundError()
+
+    def record_refused(self, index: int) -> None:
+        """Remember that the change at log `index` was refused, so a replay skips it too."""
+        self.backend.put(REFUSED_BUCKET, _key(index), b"")
+
+    def was_refused(self, index: int) -> bool:
+        return self.backend.get(REFUSED_BUCKET, _key(index)) is not None
 
     def apply(self, cc: raftpb.ConfChange) -> None:
         """Apply a committed configuration change (already validated by the proposer)."""

@@ -97,7 +97,7 @@ class RaftNode:
         self.applied_index = applier.consistent_index
         self.committed_index = 0
         self.snapshot_index = snapshot_index
-        self.conf_state = raftpb.ConfState()
+        self.conf_state = rawnode.status().conf_state
         self.leader = 0
         self.term = 0
         self.stopped = False
@@ -350,7 +350,11 @@ class RaftNode:
     def _apply(self, entries: list[raftpb.Entry]) -> None:
         for entry in entries:
             if entry.index <= self.applied_index:
-                continue  # already in the backend before a restart (consistent index)
+                # Already in the backend (consistent index), but Raft's own configuration is
+                # rebuilt from the replayed log after a restart.
+                if entry.type == raftpb.ENTRY_CONF_CHANGE:
+                    self._replay_conf_change(entry)
+                continue
             if entry.type == raftpb.ENTRY_CONF_CHANGE:
                 self._apply_conf_change(entry)
             else:
@@ -373,6 +377,12 @@ class RaftNode:
             self._resolve(change.id, self.applier.membership.sorted_members())
         else:
             self._resolve(change.id, error)
+
+    def _replay_conf_change(self, entry: raftpb.Entry) -> None:
+        # A change the member list refused when it was first applied was never applied to Raft.
+        if not self.applier.membership.was_refused(entry.index):
+            change = raftpb.ConfChange.FromString(entry.data)
+            self.conf_state = self.rawnode.apply_conf_change(change)
 
     def _resolve(self, request_id: int, result: Any) -> None:
         future = self._waiters.get(request_id)
