@@ -153,6 +153,7 @@ ENV_CASES = [
     ("ETCD_LOG_LEVEL", "warn", "log_level", "warn"),
     ("ETCD_ENABLE_V2", "true", "enable_v2", True),
     ("ETCD_STRICT_RECONFIG_CHECK", "0", "strict_reconfig_check", False),
+    ("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "1m30s", "corrupt_check_time_ms", 90_000),
     ("ETCD_HEARTBEAT_INTERVAL", "20", "heartbeat_interval_ms", 20),
     ("ETCD_ELECTION_TIMEOUT", "5000", "election_timeout_ms", 5000),
 ]

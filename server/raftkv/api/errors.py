@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from raftkv.apply import alarms
 from raftkv.apply import errors as apply_errors
 from raftkv.lease import errors as lease_errors
 from raftkv.membership import errors as membership_errors
@@ -44,6 +45,7 @@ FUTURE_REV = EtcdError(
 NO_SPACE = EtcdError(
     grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"
 )
+CORRUPT = EtcdError(grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
 LEASE_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
 LEASE_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
 LEASE_TTL_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
@@ -68,6 +70,8 @@ _BY_TYPE: dict[type[Exception], EtcdError] = {
     apply_errors.TooManyOpsError: TOO_MANY_OPS,
     apply_errors.DuplicateKeyError: DUPLICATE_KEY,
     apply_errors.LeaseNotFoundError: LEASE_NOT_FOUND,
+    alarms.NoSpaceError: NO_SPACE,
+    alarms.CorruptClusterError: CORRUPT,
     lease_errors.LeaseNotFoundError: LEASE_NOT_FOUND,
     lease_errors.LeaseExistsError: LEASE_EXIST,
     lease_errors.LeaseTTLTooLargeError: LEASE_TTL_TOO_LARGE,

@@ -35,6 +35,7 @@ from raftkv.node.config import (
     LOG_LEVELS,
     ConfigError,
     ServerConfig,
+    parse_duration_seconds,
     parse_initial_cluster,
     parse_urls,
 )
@@ -65,6 +66,10 @@ def _boolean(raw: str) -> bool:
     raise ConfigError("not a boolean (use true or false)")
 
 
+def _duration_ms(raw: str) -> int:
+    return round(parse_duration_seconds(raw) * 1000)
+
+
 def _urls(raw: str) -> Any:
     return parse_urls(raw)
 
@@ -91,6 +96,7 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
 _MS_FIELDS = {
     "heartbeat-interval": "heartbeat_interval_ms",
     "election-timeout": "election_timeout_ms",
+    "experimental-corrupt-check-time": "corrupt_check_time_ms",
 }
 
 
@@ -232,6 +238,13 @@ FLAGS: tuple[Flag, ...] = (
         "reject membership changes that would cost the cluster its quorum",
         "BOOL",
         boolean=True,
+    ),
+    Flag(
+        "experimental-corrupt-check-time",
+        _duration_ms,
+        "0s",
+        "how often the leader checks that all members hold the same keyspace (0s: never)",
+        "DURATION",
     ),
 )
 

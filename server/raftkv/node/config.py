@@ -209,6 +209,8 @@ class ServerConfig:
     log_level: str = "info"
     enable_v2: bool = False
     strict_reconfig_check: bool = True
+    # How often the leader compares the members' keyspace hashes; 0 turns the check off.
+    corrupt_check_time_ms: int = 0
 
     def __post_init__(self) -> None:
         def put(attribute: str, value: object) -> None:
@@ -250,6 +252,7 @@ class ServerConfig:
             ("--snapshot-count", self.snapshot_count),
             ("--quota-backend-bytes", self.quota_backend_bytes),
             ("--max-txn-ops", self.max_txn_ops),
+            ("--experimental-corrupt-check-time", self.corrupt_check_time_ms),
         ):
             if number < 0:
                 raise ConfigError(f"{flag} must not be negative (set to {number})")

@@ -22,12 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raftkv.apply.alarms import CORRUPT, NOSPACE
 from raftkv.apply.applier import Applier
 from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
 from raftkv.membership import Member, compute_cluster_id, compute_member_id
 from raftkv.node import compactor
 from raftkv.node.config import ServerConfig
+from raftkv.node.corruption import CorruptionChecker
 from raftkv.node.errors import DataDirError, RequestTooLargeError
+from raftkv.node.quota import BackendQuota
 from raftkv.node.raft_node import RaftNode
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.raftpb import raft_pb2 as raftpb
@@ -60,6 +63,8 @@ class MemberServer:
         self._publish_task: asyncio.Task[None] | None = None
         self._compaction_task: asyncio.Task[None] | None = None
         self._auto_compactor: asyncio.Task[None] | None = None
+        self._corruption_check: asyncio.Task[None] | None = None
+        self.quota: BackendQuota
 
     # ---- start and stop ----------------------------------------------------------------------
 
@@ -93,6 +98,13 @@ class MemberServer:
             snapshot_index=snapshot_index,
             request_timeout=self.request_timeout,
         )
+        self.quota = BackendQuota(
+            self.config.effective_quota_backend_bytes,
+            member_id=self.member_id,
+            backend_size=lambda: self.applier.backend.size(),
+            nospace_raised=lambda: self.applier.alarms.is_raised(NOSPACE, self.member_id),
+            propose=self.node.propose,
+        )
         self.transport = PeerTransport(
             member_id=self.member_id,
             cluster_id=self.cluster_id,
@@ -120,9 +132,15 @@ class MemberServer:
         self.watchable.start()
         self._publish_task = asyncio.create_task(self._publish_attributes())
         self._auto_compactor = self._start_auto_compactor()
+        self._corruption_check = self._start_corruption_check()
 
     async def stop(self) -> None:
-        for task in (self._publish_task, self._compaction_task, self._auto_compactor):
+        for task in (
+            self._publish_task,
+            self._compaction_task,
+            self._auto_compactor,
+            self._corruption_check,
+        ):
             if task is not None:
                 task.cancel()
         await self.lease_keeper.stop()
@@ -272,6 +290,28 @@ class MemberServer:
             )
         )
 
+    def _start_corruption_check(self) -> asyncio.Task[None] | None:
+        if self.config.corrupt_check_time_ms <= 0:
+            return None
+
+        async def raise_corrupt(member_id: int) -> None:
+            alarm = rpc_pb2.AlarmRequest(
+                action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=member_id, alarm=CORRUPT
+            )
+            await self.propose(serverpb.InternalRequest(alarm=alarm))
+
+        checker = CorruptionChecker(
+            member_id=self.member_id,
+            interval=self.config.corrupt_check_time_ms / 1000,
+            timeout=self.request_timeout,
+            is_leader=lambda: self.node.is_leader,
+            hash_kv=lambda revision: self.applier.store.hash_kv(revision),
+            members=lambda: self.applier.membership.sorted_members(),
+            read_barrier=self.node.read_barrier,
+            raise_alarm=raise_corrupt,
+        )
+        return asyncio.create_task(checker.run())
+
     def _schedule_compaction(self) -> None:
         if self.applier.store.compaction_pending and (
             self._compaction_task is None or self._compaction_task.done()
@@ -310,6 +350,7 @@ class MemberServer:
     async def propose(self, request: serverpb.InternalRequest) -> Any:
         if request.ByteSize() > self.config.max_request_bytes:
             raise RequestTooLargeError()
+        await self.quota.enforce(request)
         response = await self.node.propose(request)
         if response is not None and hasattr(response, "header"):
             self.fill_header(response.header, response.header.revision)
