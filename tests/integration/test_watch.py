@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from raftkv.node.raft_node import SNAPSHOT_CATCH_UP_ENTRIES
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc as rpc
 from raftkv.pb.mvccpb import kv_pb2
 
 from tests.support.etcd import ETCDCTL_BIN, _ctl_env, etcdctl
 from tests.support.fixtures import require_etcd
-from tests.support.raftkv import RaftKVCluster, RaftKVMember
+from tests.support.raftkv import RaftKVCluster, RaftKVMember, start_raftkv_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +235,39 @@ def test_hasleader_watch_ends_when_its_member_loses_the_leader(cluster3: RaftKVC
         again.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/l/k")))
         error = _expect_error(again.recv)
         assert error.details() == "etcdserver: no leader"  # type: ignore[attr-defined]
+
+
+def test_a_watcher_on_a_member_that_installs_a_snapshot_misses_nothing(tmp_path: Path) -> None:
+    # The leader keeps SNAPSHOT_CATCH_UP_ENTRIES entries after each snapshot; a follower that
+    # sleeps through more than that (and a snapshot) can only catch up by installing one.
+    writes = SNAPSHOT_CATCH_UP_ENTRIES + 300
+    with start_raftkv_cluster(tmp_path, size=3, snapshot_count=100) as cluster:
+        leader, follower = a_follower(cluster)
+        with kv_client(leader) as kv, watch_stream(follower, timeout=60) as stream:
+            stream.create(b"/snap/", range_end=b"/snap0", watch_id=1)
+            stream.create(b"/snap/7", prev_kv=True, watch_id=2)
+            before = kv.Put(pb.PutRequest(key=b"/snap/7", value=b"before")).header.revision
+            assert [e.kv.mod_revision for e in stream.events(2)] == [before, before]
+            follower.kill(signal.SIGSTOP)
+            try:
+                written = []
+                for chunk in range(0, writes, 200):
+                    futures = [
+                        kv.Put.future(pb.PutRequest(key=b"/snap/%d" % (i % 10), value=b"%d" % i))
+                        for i in range(chunk, min(chunk + 200, writes))
+                    ]
+                    written.extend(f.result(timeout=30).header.revision for f in futures)
+                written.sort()
+            finally:
+                follower.kill(signal.SIGCONT)
+            by_watch: dict[int, list[kv_pb2.Event]] = {1: [], 2: []}
+            while len(by_watch[1]) < writes:
+                response = stream.recv()
+                by_watch[response.watch_id].extend(response.events)
+            assert [e.kv.mod_revision for e in by_watch[1]] == written
+            sevens = [e for e in by_watch[1] if e.kv.key == b"/snap/7"]
+            while len(by_watch[2]) < len(sevens):
+                by_watch[2].extend(stream.recv().events)
+            assert [e.kv.mod_revision for e in by_watch[2]] == [e.kv.mod_revision for e in sevens]
+            previous = [b"before"] + [e.kv.value for e in sevens[:-1]]
+            assert [e.prev_kv.value for e in by_watch[2]] == previous
