@@ -1,10 +1,12 @@
 """The member list, kept in the backend and changed only by applied Raft configuration changes.
 
 Identities follow etcd's formulas so that a member's ID depends only on its peer URLs and the
-cluster token (and, for runtime additions, the time of the request): every member computes the
-same IDs for the same `--initial-cluster` without talking to the others. A configuration change
-carries the member as JSON in its context, like etcd's, so any member applying it learns the
-member's name and URLs.
+cluster token: every member computes the same IDs for the same `--initial-cluster` without
+talking to the others. A member added at runtime gets its ID from its peer URLs and the Unix
+time of the request, with an empty token, exactly as etcd 3.4's MemberAdd computes it (checked
+against real etcd in tests/membership), so the token need not be remembered after bootstrap.
+A configuration change carries the member as JSON in its context, like etcd's, so any member
+applying it learns the member's name and URLs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from raftkv.membership.errors import (
     IDRemovedError,
     MemberExistsError,
     MemberNotFoundError,
+    MemberNotLearnerError,
     PeerURLExistsError,
+    TooManyLearnersError,
 )
 from raftkv.pb.raftpb import raft_pb2 as raftpb
 
@@ -28,6 +32,9 @@ MEMBERS_BUCKET = "members"
 REMOVED_BUCKET = "members_removed"
 REFUSED_BUCKET = "conf_changes_refused"
 CLUSTER_BUCKET = "cluster"
+
+# etcd 3.4 allows one learner at a time.
+MAX_LEARNERS = 1
 
 
 def compute_member_id(peer_urls: Iterable[str], cluster_token: str, now: int | None = None) -> int:
@@ -74,6 +81,17 @@ class Member:
             client_urls=tuple(raw.get("clientURLs") or ()),
             is_learner=bool(raw.get("isLearner", False)),
         )
+
+
+def promote_context(member_id: int) -> bytes:
+    """The context of the ADD_NODE that promotes learner `member_id` to a voter."""
+    return json.dumps({"id": member_id, "isPromote": True}, sort_keys=True).encode()
+
+
+def is_promotion(context: bytes) -> bool:
+    if not context:
+        return False
+    return bool(json.loads(context).get("isPromote", False))
 
 
 class BucketStore(Protocol):
@@ -126,21 +144,37 @@ class Membership:
         return [self.members[i] for i in sorted(self.members)]
 
     def validate(self, cc: raftpb.ConfChange) -> None:
-        """Raise etcd's error if `cc` cannot apply to the current membership."""
+        """Raise etcd's error if `cc` cannot apply to the current membership.
+
+        A promotion is an ADD_NODE whose context says so (`promote_context`), as etcd marks
+        it; any other ADD_NODE of an existing ID is refused like a duplicate add.
+        """
         if cc.node_id in self.removed:
             raise IDRemovedError()
+        existing = self.members.get(cc.node_id)
         if cc.type in (raftpb.CONF_CHANGE_ADD_NODE, raftpb.CONF_CHANGE_ADD_LEARNER_NODE):
-            existing = self.members.get(cc.node_id)
-            promoting = cc.type == raftpb.CONF_CHANGE_ADD_NODE and existing and existing.is_learner
-            if existing and not promoting:
+            if cc.type == raftpb.CONF_CHANGE_ADD_NODE and is_promotion(cc.context):
+                if existing is None:
+                    raise MemberNotFoundError()
+                if not existing.is_learner:
+                    raise MemberNotLearnerError()
+                return
+            if existing is not None:
                 raise MemberExistsError()
-            if not promoting:
-                new = Member.from_json(cc.context)
-                taken = {u for m in self.members.values() for u in m.peer_urls}
-                if taken.intersection(new.peer_urls):
-                    raise PeerURLExistsError()
-        elif cc.node_id not in self.members:
+            self._check_urls_free(cc.node_id, Member.from_json(cc.context).peer_urls)
+            if cc.type == raftpb.CONF_CHANGE_ADD_LEARNER_NODE:
+                learners = sum(1 for m in self.members.values() if m.is_learner)
+                if learners + 1 > MAX_LEARNERS:
+                    raise TooManyLearnersError()
+        elif existing is None:
             raise MemberNotFoundError()
+        elif cc.type == raftpb.CONF_CHANGE_UPDATE_NODE:
+            self._check_urls_free(cc.node_id, Member.from_json(cc.context).peer_urls)
+
+    def _check_urls_free(self, member_id: int, peer_urls: tuple[str, ...]) -> None:
+        taken = {u for m in self.members.values() if m.id != member_id for u in m.peer_urls}
+        if taken.intersection(peer_urls):
+            raise PeerURLExistsError()
 
     def record_refused(self, index: int) -> None:
         """Remember that the change at log `index` was refused, so a replay skips it too."""
@@ -173,6 +207,15 @@ class Membership:
             current = self.members[cc.node_id]
             update = Member.from_json(cc.context)
             self._store(replace(current, peer_urls=update.peer_urls))
+
+    def mark_removed(self, member_id: int) -> None:
+        """Record that `member_id` was removed, learned from peers rather than from the log.
+
+        Only a member told by its peers that it was removed records itself this way, so that
+        it refuses to restart with this data dir; the member list itself is left as it was.
+        """
+        self.removed.add(member_id)
+        self.backend.put(REMOVED_BUCKET, _key(member_id), b"")
 
     def set_client_urls(self, member_id: int, name: str, client_urls: tuple[str, ...]) -> None:
         """Record the attributes a member publishes after it starts serving."""

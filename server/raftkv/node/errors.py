@@ -27,3 +27,26 @@ class RequestTooLargeError(NodeError):
 
 class DataDirError(NodeError):
     """The data dir cannot be used (another cluster's, a removed member's, corrupt...)."""
+
+
+class NotLeaderError(NodeError):
+    """The request must be served by the leader, and this member is not it."""
+
+    def __init__(self) -> None:
+        super().__init__("etcdserver: not leader")
+
+
+class BadLeaderTransfereeError(NodeError):
+    """Leadership can only move to a voting member."""
+
+    def __init__(self) -> None:
+        super().__init__("etcdserver: bad leader transferee")
+
+
+class LeaderTransferTimeoutError(NodeError):
+    def __init__(self) -> None:
+        super().__init__("etcdserver: request timed out, leader transfer took too long")
+
+
+class JoinError(DataDirError):
+    """The member cannot join the existing cluster, so its data dir cannot be created."""
