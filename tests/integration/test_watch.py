@@ -251,10 +251,10 @@ def test_a_watcher_on_a_member_that_installs_a_snapshot_misses_nothing(tmp_path:
             follower.kill(signal.SIGSTOP)
             try:
                 written = []
-                for chunk in range(0, writes, 200):
+                for chunk in range(0, writes, 1000):
                     futures = [
                         kv.Put.future(pb.PutRequest(key=b"/snap/%d" % (i % 10), value=b"%d" % i))
-                        for i in range(chunk, min(chunk + 200, writes))
+                        for i in range(chunk, min(chunk + 1000, writes))
                     ]
                     written.extend(f.result(timeout=30).header.revision for f in futures)
                 written.sort()
