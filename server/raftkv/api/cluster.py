@@ -32,4 +32,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             members=[member_to_pb(m) for m in self.server.applier.membership.sorted_members()]
         )
         self.server.fill_header(response.header)
+        # etcd's Cluster service answers without a revision: membership is not MVCC state.
+        response.header.revision = 0
         return response
