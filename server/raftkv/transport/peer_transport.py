@@ -16,6 +16,9 @@ transport, and each explains a part of this module:
   payload file from `snapshot_provider` over a dedicated connection and reports the outcome with
   `on_snapshot_status`.
 
+A peer that refuses us because we were removed from the cluster is reported through
+`on_removed`: the member must stop, and it may never have applied its own removal.
+
 The receiving side is `receiver.PeerService`, served by a grpc.aio server of its own on the
 member's peer URLs. Everything here runs on one event loop and is not thread-safe.
 """
@@ -40,8 +43,10 @@ from raftkv.pb.raftpb.raft_pb2 import MSG_SNAP, Message
 from raftkv.transport import wire
 from raftkv.transport.protocols import (
     IsRemoved,
+    MemberList,
     NoopPeerMetrics,
     OnMessages,
+    OnRemoved,
     OnSnapshot,
     OnSnapshotStatus,
     OnUnreachable,
@@ -74,6 +79,10 @@ def _ignore_snapshot_status(member_id: int, failed: bool) -> None:
 
 def _never_removed(member_id: int) -> bool:
     return False
+
+
+def _ignore_removed() -> None:
+    pass
 
 
 class _State(enum.Enum):
@@ -121,6 +130,8 @@ class PeerTransport:
         on_unreachable: OnUnreachable = _ignore_unreachable,
         on_snapshot_status: OnSnapshotStatus = _ignore_snapshot_status,
         is_removed: IsRemoved = _never_removed,
+        member_list: MemberList | None = None,
+        on_removed: OnRemoved = _ignore_removed,
         credentials: grpc.ChannelCredentials | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         metrics: PeerMetrics | None = None,
@@ -132,6 +143,7 @@ class PeerTransport:
         self._snapshot_provider = snapshot_provider
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_removed = on_removed
         self._credentials = credentials
         self._server_credentials = server_credentials
         self._metrics: PeerMetrics = metrics if metrics is not None else NoopPeerMetrics()
@@ -144,6 +156,7 @@ class PeerTransport:
             snapshot_dir=snapshot_dir,
             is_removed=is_removed,
             metrics=self._metrics,
+            member_list=member_list,
         )
         self._peers: dict[int, _Peer] = {}
         self._server: grpc.aio.Server | None = None
@@ -315,6 +328,8 @@ class PeerTransport:
                 continue
             code, details = await call.code(), await call.details()
             log.warning("stream to peer %x broke: %s %s", peer.member_id, code.name, details)
+            if details == wire.MEMBER_REMOVED:
+                self._on_removed()
             self._mark_down(peer, lost)
 
     async def _dial(self, peer: _Peer) -> grpc.aio.StreamUnaryCall | None:
@@ -330,6 +345,8 @@ class PeerTransport:
             if error != peer.last_error:
                 log.warning("cannot stream to peer %x via %s: %s", peer.member_id, url, error)
                 peer.last_error = error
+            if error.endswith(wire.MEMBER_REMOVED):
+                self._on_removed()
         peer.active_url = None
         return None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from raftkv.pb.raftpb.peer_pb2 import MembersResponse
 from raftkv.pb.raftpb.raft_pb2 import Message
 
 OnMessages = Callable[[list[Message]], None]
@@ -32,6 +33,12 @@ OnSnapshotStatus = Callable[[int, bool], None]
 
 IsRemoved = Callable[[int], bool]
 """True when a member ID has been removed from the cluster; its messages are refused."""
+
+MemberList = Callable[[], MembersResponse]
+"""The cluster ID and the applied member list, served to a member that is joining."""
+
+OnRemoved = Callable[[], None]
+"""Told when a peer refuses this member because it has been removed from the cluster."""
 
 
 class Transport(Protocol):

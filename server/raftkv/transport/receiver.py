@@ -5,6 +5,8 @@ member as the receiver, carry this cluster's ID, and come from a member that has
 removed. Only then does the receiver send its initial metadata, which is the sender's signal
 that the call is established; a refused call ends with FAILED_PRECONDITION and a message from
 `wire`. A member that has not learned its cluster ID yet (cluster ID 0) admits any cluster.
+The one exception is `Members`, a read of the member list for a member that is joining and does
+not know its own ID yet.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import grpc
 
 from raftkv.pb.raftpb import peer_pb2_grpc
 from raftkv.pb.raftpb.peer_pb2 import (
+    MembersRequest,
+    MembersResponse,
     MessageBatch,
     ProbeRequest,
     ProbeResponse,
@@ -25,7 +29,7 @@ from raftkv.pb.raftpb.peer_pb2 import (
     StreamAck,
 )
 from raftkv.transport import wire
-from raftkv.transport.protocols import IsRemoved, OnMessages, OnSnapshot, PeerMetrics
+from raftkv.transport.protocols import IsRemoved, MemberList, OnMessages, OnSnapshot, PeerMetrics
 from raftkv.transport.snapshot import SnapshotStreamError, receive_snapshot
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         snapshot_dir: Path,
         is_removed: IsRemoved,
         metrics: PeerMetrics,
+        member_list: MemberList | None = None,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -52,6 +57,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self._snapshot_dir = snapshot_dir
         self._is_removed = is_removed
         self._metrics = metrics
+        self._member_list = member_list
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> int:
         """Check the caller's metadata; return its member ID or abort the call."""
@@ -126,3 +132,11 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> ProbeResponse:
         await self._admit(context)
         return ProbeResponse(member_id=self.member_id)
+
+    async def Members(
+        self, request: MembersRequest, context: grpc.aio.ServicerContext
+    ) -> MembersResponse:
+        # Not admitted like the other calls: the caller is joining and has no member ID yet.
+        if self._member_list is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "member list not served here")
+        return self._member_list()

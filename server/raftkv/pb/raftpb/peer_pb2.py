@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from raftkv.pb.raftpb import raft_pb2 as raftkv_dot_pb_dot_raftpb_dot_raft__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1braftkv/pb/raftpb/peer.proto\x12\rraftkv.raftpb\x1a\x1braftkv/pb/raftpb/raft.proto\"8\n\x0cMessageBatch\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.raftkv.raftpb.Message\"\x0b\n\tStreamAck\"O\n\x0eSnapshotHeader\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.raftkv.raftpb.Message\x12\x14\n\x0cpayload_size\x18\x02 \x01(\x04\"j\n\rSnapshotChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.raftkv.raftpb.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"%\n\x0bSnapshotAck\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\"\x0e\n\x0cProbeRequest\"\"\n\rProbeResponse\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x32\xd9\x01\n\x04Peer\x12\x41\n\x06Stream\x12\x1b.raftkv.raftpb.MessageBatch\x1a\x18.raftkv.raftpb.StreamAck(\x01\x12J\n\x0cSendSnapshot\x12\x1c.raftkv.raftpb.SnapshotChunk\x1a\x1a.raftkv.raftpb.SnapshotAck(\x01\x12\x42\n\x05Probe\x12\x1b.raftkv.raftpb.ProbeRequest\x1a\x1c.raftkv.raftpb.ProbeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1braftkv/pb/raftpb/peer.proto\x12\rraftkv.raftpb\x1a\x1braftkv/pb/raftpb/raft.proto\"8\n\x0cMessageBatch\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.raftkv.raftpb.Message\"\x0b\n\tStreamAck\"O\n\x0eSnapshotHeader\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x16.raftkv.raftpb.Message\x12\x14\n\x0cpayload_size\x18\x02 \x01(\x04\"j\n\rSnapshotChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.raftkv.raftpb.SnapshotHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x10\n\x06sha256\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"%\n\x0bSnapshotAck\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04\"\x0e\n\x0cProbeRequest\"\"\n\rProbeResponse\x12\x11\n\tmember_id\x18\x01 \x01(\x04\"\x10\n\x0eMembersRequest\"b\n\nPeerMember\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpeer_urls\x18\x03 \x03(\t\x12\x13\n\x0b\x63lient_urls\x18\x04 \x03(\t\x12\x12\n\nis_learner\x18\x05 \x01(\x08\"Q\n\x0fMembersResponse\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x12*\n\x07members\x18\x02 \x03(\x0b\x32\x19.raftkv.raftpb.PeerMember2\xa3\x02\n\x04Peer\x12\x41\n\x06Stream\x12\x1b.raftkv.raftpb.MessageBatch\x1a\x18.raftkv.raftpb.StreamAck(\x01\x12J\n\x0cSendSnapshot\x12\x1c.raftkv.raftpb.SnapshotChunk\x1a\x1a.raftkv.raftpb.SnapshotAck(\x01\x12\x42\n\x05Probe\x12\x1b.raftkv.raftpb.ProbeRequest\x1a\x1c.raftkv.raftpb.ProbeResponse\x12H\n\x07Members\x12\x1d.raftkv.raftpb.MembersRequest\x1a\x1e.raftkv.raftpb.MembersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROBEREQUEST']._serialized_end=388
   _globals['_PROBERESPONSE']._serialized_start=390
   _globals['_PROBERESPONSE']._serialized_end=424
-  _globals['_PEER']._serialized_start=427
-  _globals['_PEER']._serialized_end=644
+  _globals['_MEMBERSREQUEST']._serialized_start=426
+  _globals['_MEMBERSREQUEST']._serialized_end=442
+  _globals['_PEERMEMBER']._serialized_start=444
+  _globals['_PEERMEMBER']._serialized_end=542
+  _globals['_MEMBERSRESPONSE']._serialized_start=544
+  _globals['_MEMBERSRESPONSE']._serialized_end=625
+  _globals['_PEER']._serialized_start=628
+  _globals['_PEER']._serialized_end=919
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class PeerStub:
                 request_serializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeRequest.SerializeToString,
                 response_deserializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeResponse.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/raftkv.raftpb.Peer/Members',
+                request_serializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersRequest.SerializeToString,
+                response_deserializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -75,6 +80,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Members(self, request, context):
+        """The cluster's member list, asked by a member joining with
+        --initial-cluster-state=existing before it knows its own ID. It carries no
+        peer metadata and needs none: like etcd's /members, it only reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Probe,
                     request_deserializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeRequest.FromString,
                     response_serializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeResponse.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersRequest.FromString,
+                    response_serializer=raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +194,33 @@ class Peer:
             '/raftkv.raftpb.Peer/Probe',
             raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeRequest.SerializeToString,
             raftkv_dot_pb_dot_raftpb_dot_peer__pb2.ProbeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftkv.raftpb.Peer/Members',
+            raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersRequest.SerializeToString,
+            raftkv_dot_pb_dot_raftpb_dot_peer__pb2.MembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
