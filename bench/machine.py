@@ -100,6 +100,22 @@ def _git_commit(repo: Path) -> str:
     return f"{head} (with uncommitted changes in server/)" if dirty else head
 
 
+def cpu_busy_seconds() -> float:
+    """CPU time all processes on the machine have spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal ...: busy is everything but idle/iowait.
+    ticks = [int(f) for f in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return UNKNOWN
+
+
 def describe(data_dir: Path, repo: Path) -> dict[str, str]:
     """Ordered facts about this machine and the software under test."""
     return {
@@ -111,4 +127,5 @@ def describe(data_dir: Path, repo: Path) -> dict[str, str]:
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "etcd": _etcd_version(),
         "raftkv commit": _git_commit(repo),
+        "Load average at start": load_average(),
     }

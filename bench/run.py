@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -27,13 +28,14 @@ from pathlib import Path
 import grpc
 
 from bench import machine, report
-from bench.clusters import ELECTION_MS, HEARTBEAT_MS, Kind, start_cluster
+from bench.clusters import ELECTION_MS, HEARTBEAT_MS, Cluster, Kind, start_cluster
 from bench.load import Unsupported
-from bench.results import Outcome, Status, WorkloadResult
+from bench.results import Metric, Outcome, Status, WorkloadResult
 from bench.workloads import FULL, QUICK, Profile, Workload, selected
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MICRO = ("wal_bench", "raft_bench")
+OTHER_CPU_METRIC = "machine: CPU used by other processes meanwhile"
 
 
 def _log(message: str) -> None:
@@ -76,6 +78,30 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+class _OtherCpu:
+    """CPU the rest of the machine used while a workload ran (other users, other jobs).
+
+    Busy time of the whole machine minus this process, its children (etcdctl, restarted
+    members once reaped) and the live members. Anything well above zero means the numbers
+    were measured on a shared machine and are noisier than they look.
+    """
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.start = time.monotonic()
+        self.busy = machine.cpu_busy_seconds()
+        self.ours = self._ours()
+
+    def _ours(self) -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system + self.cluster.cpu_seconds()
+
+    def metric(self) -> Metric:
+        elapsed = time.monotonic() - self.start
+        other = (machine.cpu_busy_seconds() - self.busy) - (self._ours() - self.ours)
+        return Metric(OTHER_CPU_METRIC, max(0.0, other) / elapsed, "cores")
+
+
 def run_workload(
     workload: Workload, kind: Kind, profile: Profile, workdir: Path, broken: dict[Kind, str]
 ) -> Outcome:
@@ -92,9 +118,10 @@ def run_workload(
         broken[kind] = f"not tried: the cluster did not start for `{workload.name}`"
         return Outcome(Status.FAILED, note=f"cluster did not start: {_one_line(error)}")
     limit = workload.time_limit(profile)
+    meter = _OtherCpu(cluster)
     try:
         metrics = asyncio.run(asyncio.wait_for(workload.run(cluster, profile), limit))
-        return Outcome(Status.OK, metrics)
+        return Outcome(Status.OK, [*metrics, meter.metric()])
     except Unsupported as error:
         return Outcome(Status.UNSUPPORTED, note=str(error))
     except grpc.aio.AioRpcError as error:
@@ -130,6 +157,10 @@ def method(profile: Profile) -> list[str]:
         "client was (1.0 = one full core).",
         "Latency percentiles are nearest-rank over every request of the measured phase.",
         "`etcdctl check perf` is etcd's own Go load tool, run unchanged against both.",
+        f"'{OTHER_CPU_METRIC}' is the machine's busy CPU time during the workload minus the "
+        "members', the load generator's and etcdctl's, in cores: anything well above 0 means "
+        "other jobs shared the machine and the numbers (and their ratio, since etcd and "
+        "raftkv ran at different moments) are noisier than they look.",
     ]
 
 
@@ -187,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     run.seconds = time.monotonic() - started
+    run.machine["Load average at end"] = machine.load_average()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report.render(run))
     _log(f"wrote {args.output} after {run.seconds:.0f} s")
