@@ -78,6 +78,9 @@ class RaftKVMember:
 class RaftKVCluster:
     root: Path
     members: list[RaftKVMember] = field(default_factory=list)
+    # The bootstrap flags the members were given (a snapshot restore needs the same ones).
+    initial_cluster: str = ""
+    initial_cluster_token: str = ""
 
     @property
     def endpoints(self) -> str:
@@ -104,6 +107,23 @@ class RaftKVCluster:
     def restart(self, member: RaftKVMember) -> None:
         member.start()
         wait_serving(member)
+
+    def start(self) -> None:
+        """Start every member (new, or from data dirs prepared beforehand) and wait until all
+        serve; on failure stop everything."""
+        try:
+            env_clean = {k for k in os.environ if k.startswith("ETCD_")}
+            if env_clean:
+                raise RuntimeError(
+                    f"ETCD_* variables would change the members: {sorted(env_clean)}"
+                )
+            for member in self.members:
+                member.start()
+            for member in self.members:
+                wait_serving(member)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for member in self.members:
@@ -142,12 +162,24 @@ def wait_serving(member: RaftKVMember, timeout: float = _READY_TIMEOUT_S) -> Non
 
 def start_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> RaftKVCluster:
     """Start `size` members of a new cluster under `root`; returns once all serve."""
+    cluster = plan_raftkv_cluster(root, size, **extra_flags)
+    cluster.start()
+    return cluster
+
+
+def plan_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> RaftKVCluster:
+    """Ports, names, data dir paths and flags of a new cluster, started by `cluster.start()`.
+
+    Between the two, a test may fill the data dirs (`member.data_dir`), e.g. by restoring a
+    snapshot with `cluster.initial_cluster` and `cluster.initial_cluster_token`.
+    """
     root = root / f"raftkv-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     names = [f"m{i}" for i in range(size)]
     peers = {name: f"http://127.0.0.1:{free_port()}" for name in names}
     initial_cluster = ",".join(f"{n}={u}" for n, u in peers.items())
-    cluster = RaftKVCluster(root)
+    token = f"test-{root.name}"
+    cluster = RaftKVCluster(root, initial_cluster=initial_cluster, initial_cluster_token=token)
     for name in names:
         client_url = f"http://127.0.0.1:{free_port()}"
         flags = {
@@ -158,7 +190,7 @@ def start_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) ->
             "listen-peer-urls": peers[name],
             "initial-advertise-peer-urls": peers[name],
             "initial-cluster": initial_cluster,
-            "initial-cluster-token": f"test-{root.name}",
+            "initial-cluster-token": token,
             "initial-cluster-state": "new",
             "heartbeat-interval": 50,
             "election-timeout": 500,
@@ -169,15 +201,4 @@ def start_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) ->
             name, client_url, peers[name], root / f"{name}.raftkv", root / f"{name}.log", args
         )
         cluster.members.append(member)
-    try:
-        env_clean = {k for k in os.environ if k.startswith("ETCD_")}
-        if env_clean:
-            raise RuntimeError(f"ETCD_* variables would change the members: {sorted(env_clean)}")
-        for member in cluster.members:
-            member.start()
-        for member in cluster.members:
-            wait_serving(member)
-    except BaseException:
-        cluster.stop()
-        raise
     return cluster
