@@ -176,3 +176,27 @@ def test_close_waits_for_queued_calls_then_refuses_more(tmp_path: Path) -> None:
     asyncio.run(main())
     _, got = WAL.open(tmp_path)
     assert len(got.entries) == 20
+
+
+def test_commit_only_saves_skip_the_fsync_and_the_next_synced_save_covers_them(
+    tmp_path: Path,
+) -> None:
+    """Raft's must_sync is false when only the commit index moved: no fdatasync is owed."""
+
+    async def scenario() -> tuple[int, int, int]:
+        group = GroupCommitWAL(WAL.create(tmp_path / "wal", b"meta"))
+        await group.save(HardState(term=1, vote=1, commit=0), [ent(1), ent(2)])
+        synced = group.wal.fsync_count
+        await group.save(HardState(term=1, vote=1, commit=2), [], sync=False)
+        after_commit_only = group.wal.fsync_count
+        await group.save(None, [ent(3)])
+        after_next = group.wal.fsync_count
+        await group.close()
+        return synced, after_commit_only, after_next
+
+    synced, after_commit_only, after_next = asyncio.run(scenario())
+    assert after_commit_only == synced
+    assert after_next == synced + 1
+    _, contents = WAL.open(tmp_path / "wal")
+    assert contents.hard_state.commit == 2
+    assert [e.index for e in contents.entries] == [1, 2, 3]

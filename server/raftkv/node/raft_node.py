@@ -278,6 +278,16 @@ class RaftNode:
         heapq.heappush(self._applied_waiters, (index, next(self._applied_seq), future))
         await future
 
+    def transfer_leadership(self, target: int) -> None:
+        """Ask Raft to hand leadership to `target`; `leader` changes once it has happened."""
+        self.rawnode.transfer_leader(target)
+        self._ready_wakeup.set()
+
+    def halt(self) -> None:
+        """Stop serving for good (this member was removed); the process then shuts down."""
+        self.stopped = True
+        self._fail_all(ServerStoppedError())
+
     def require_leader(self) -> None:
         """etcd's `hasleader` metadata: fail at once when this member knows no leader."""
         if self.leader == 0:
@@ -318,7 +328,7 @@ class RaftNode:
         if ready.snapshot is not None and ready.snapshot.metadata.index > 0:
             await self._install_snapshot(ready.snapshot)
         if ready.hard_state is not None or ready.entries:
-            await self.wal.save(ready.hard_state, ready.entries)
+            await self.wal.save(ready.hard_state, ready.entries, sync=ready.must_sync)
         if ready.entries:
             self.storage.append(ready.entries)
         if ready.hard_state is not None:

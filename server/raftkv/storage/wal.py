@@ -521,15 +521,19 @@ class WAL:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+    def save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True
+    ) -> None:
         """Append `entries`, then `hard_state` if it changed, and make them durable.
 
         `entries` must be contiguous; the first may rewrite an index <= last_index (truncating
         the log there) but may not leave a gap nor lie at or below the snapshot marker
         (ValueError, nothing written). Returns once one fdatasync covers all the records;
-        writes nothing and does not sync if there is nothing new.
+        writes nothing and does not sync if there is nothing new. `sync=False` (Raft's
+        `must_sync` is false: only the commit index moved) writes without fdatasync; the next
+        synced save covers those records too.
         """
-        if self._append(hard_state, entries):
+        if self._append(hard_state, entries) and sync:
             self._sync()
 
     def save_snapshot(self, index: int, term: int) -> None:
@@ -682,6 +686,7 @@ class _Op:
     entries: Sequence[Entry] = ()
     snapshot: tuple[int, int] | None = None
     release: int | None = None
+    sync: bool = True
 
 
 class GroupCommitWAL:
@@ -720,12 +725,15 @@ class GroupCommitWAL:
     def mean_entries_per_fsync(self) -> float:
         return self.entries_written / self.fsync_count if self.fsync_count else 0.0
 
-    async def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
-        """Like WAL.save; returns once the records are durable."""
+    async def save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True
+    ) -> None:
+        """Like WAL.save; returns once the records are durable (written, if not `sync`)."""
         self._check_open()
         if hard_state is None and not entries:
             return
-        await self._submit(_Op(self._future(), hard_state=hard_state, entries=list(entries)))
+        op = _Op(self._future(), hard_state=hard_state, entries=list(entries), sync=sync)
+        await self._submit(op)
 
     async def save_snapshot(self, index: int, term: int) -> None:
         """Like WAL.save_snapshot; returns once the marker is durable."""
@@ -804,10 +812,12 @@ class GroupCommitWAL:
                 self._on_flush(FlushStats(len(batch), entries, seconds))
 
     def _write_batch(self, batch: list[_Op]) -> tuple[list[ValueError | None], int, float]:
-        """Worker thread: write every op in order, then one fdatasync for all of them."""
+        """Worker thread: write every op in order, then one fdatasync for all of them (none if
+        no op asked for one)."""
         wal = self._wal
         before = wal.fsync_count
         errors: list[ValueError | None] = []
+        must_sync = any(op.sync for op in batch)
         for op in batch:
             try:
                 if op.snapshot is not None:
@@ -819,6 +829,7 @@ class GroupCommitWAL:
                 errors.append(None)
             except ValueError as exc:
                 errors.append(exc)
-        wal._sync()
+        if must_sync:
+            wal._sync()
         fsyncs = wal.fsync_count - before
         return errors, fsyncs, wal.last_fsync_seconds if fsyncs else 0.0
