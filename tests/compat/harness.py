@@ -139,10 +139,10 @@ class System:
     def _target(self, member: str) -> str:
         return self.endpoints(member).removeprefix("http://")
 
-    def revision(self, member: str = "m0", serializable: bool = False) -> int:
-        """The store revision `member` reports (linearizable unless `serializable`)."""
+    def revision(self, member: str = "m0") -> int:
+        """The store revision `member` reports to a linearizable read."""
         with grpc.insecure_channel(self._target(member)) as channel:
-            request = rpc_pb2.RangeRequest(key=ALIGN_KEY, serializable=serializable)
+            request = rpc_pb2.RangeRequest(key=ALIGN_KEY)
             return rpc_pb2_grpc.KVStub(channel).Range(request, timeout=5).header.revision
 
     def put(self, key: bytes, value: bytes, member: str = "m0") -> int:
@@ -150,15 +150,20 @@ class System:
             request = rpc_pb2.PutRequest(key=key, value=value)
             return rpc_pb2_grpc.KVStub(channel).Put(request, timeout=5).header.revision
 
+    def status(self, member: str) -> rpc_pb2.StatusResponse:
+        with grpc.insecure_channel(self._target(member)) as channel:
+            stub = rpc_pb2_grpc.MaintenanceStub(channel)
+            return stub.Status(rpc_pb2.StatusRequest(), timeout=5)
+
     def wait_applied(self) -> None:
-        """Wait until every member has applied everything committed so far, so serializable
-        reads on any member see the latest revision."""
-        target = self.revision()
+        """Wait until every member has applied every entry committed so far (writes and
+        compactions alike), so serializable reads on any member see the latest state."""
+        target = max(self.status(name).raftIndex for name in self.member_names)
         deadline = time.monotonic() + _WAIT_S
         for name in self.member_names:
-            while self.revision(name, serializable=True) < target:
+            while self.status(name).raftAppliedIndex < target:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.label} {name} did not apply revision {target}")
+                    raise TimeoutError(f"{self.label} {name} did not apply index {target}")
                 time.sleep(0.01)
 
 

@@ -74,8 +74,9 @@ def test_put_and_get_in_every_output_format(compat: Case) -> None:
     check("get", k("d"), "--print-value-only")
     check("get", k("a"), "--hex")
     check("get", k("a"), "--hex", "-w", "fields")
-    # Keys and values are bytes: UTF-8, spaces, newlines, bytes that are not UTF-8.
-    for key, value in (("ключ", "значение"), ("sp ace", "v a l"), ("nl", "one\ntwo"), ("\udcff", "")):
+    # Keys and values are bytes: UTF-8, spaces, newlines, a byte that is not UTF-8 (0xff).
+    odd = (("ключ", "значение"), ("sp ace", "v a l"), ("nl", "one\ntwo"), ("\udcff", ""))
+    for key, value in odd:
         check("put", k(key), value)
         check("get", k(key), "-w", "json")
     check("get", "--prefix", k(), "--hex", "--keys-only")
@@ -301,7 +302,11 @@ def test_compaction_and_reads_of_compacted_revisions(compat: Case) -> None:
         check("put", a, value)
     assert check("compaction", str(compat.rev(2))).stdout == f"compacted revision {compat.rev(2)}\n"
     assert_error(check("get", a, f"--rev={compat.rev(1)}"), COMPACTED)
-    assert_error(check("get", a, f"--rev={compat.rev(1)}", "--consistency=s"), COMPACTED)
+    compat.pair.wait_applied()
+    for member in ("m0", "m1", "m2"):
+        assert_error(
+            check("get", a, f"--rev={compat.rev(1)}", "--consistency=s", member=member), COMPACTED
+        )
     check("get", a, f"--rev={compat.rev(2)}", "-w", "json")
     check("get", a, f"--rev={compat.rev(3)}")
     assert_error(
