@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 from bench.clusters import ETCD_BIN
@@ -106,6 +107,21 @@ def cpu_busy_seconds() -> float:
     # user nice system idle iowait irq softirq steal ...: busy is everything but idle/iowait.
     ticks = [int(f) for f in fields[:8]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(
+    max_wait: float, threshold_cores: float = 0.25, sample_s: float = 2.0
+) -> tuple[bool, float]:
+    """Wait up to `max_wait` s until the machine's busy CPU over `sample_s` is below
+    `threshold_cores` (call it with nothing of ours running). Returns (quiet, last sample).
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = cpu_busy_seconds()
+        time.sleep(sample_s)
+        busy = (cpu_busy_seconds() - before) / sample_s
+        if busy < threshold_cores or time.monotonic() >= deadline:
+            return busy < threshold_cores, busy
 
 
 def load_average() -> str:

@@ -103,14 +103,24 @@ class _OtherCpu:
 
 
 def run_workload(
-    workload: Workload, kind: Kind, profile: Profile, workdir: Path, broken: dict[Kind, str]
+    workload: Workload,
+    kind: Kind,
+    profile: Profile,
+    workdir: Path,
+    broken: dict[Kind, str],
+    quiet_wait: float = 0.0,
 ) -> Outcome:
     """Start a fresh cluster of `kind`, run `workload` on it, stop it.
 
-    A kind whose cluster did not start is recorded in `broken` and not started again.
+    A kind whose cluster did not start is recorded in `broken` and not started again. With
+    `quiet_wait`, first wait up to that many seconds for other processes to go quiet.
     """
     if kind in broken:
         return Outcome(Status.FAILED, note=broken[kind])
+    if quiet_wait > 0:
+        quiet, busy = machine.wait_quiet(quiet_wait)
+        if not quiet:
+            _log(f"machine still busy ({busy:.2f} cores) after {quiet_wait:.0f} s; going on")
     try:
         cluster = start_cluster(kind, workdir)
     except Exception as error:
@@ -138,9 +148,18 @@ def run_workload(
         cluster.stop()
 
 
-def method(profile: Profile) -> list[str]:
+def method(profile: Profile, wait_quiet: float) -> list[str]:
     """How the numbers were taken, for the report."""
+    waited = (
+        [
+            f"Before each run the harness waited (up to {wait_quiet:g} s) until other processes "
+            "used under 0.25 cores over 2 s (`--wait-quiet`)."
+        ]
+        if wait_quiet > 0
+        else []
+    )
     return [
+        *waited,
         f"Profile `{profile.name}`: each measured phase runs {profile.seconds:g} s after a "
         f"{profile.warmup:g} s warm-up.",
         "Clusters: 3 members on 127.0.0.1, a fresh cluster per workload and system, data dirs "
@@ -168,7 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (about 3 minutes)")
     parser.add_argument("--only", help="comma-separated workload names (and wal_bench, ...)")
-    parser.add_argument("--output", type=Path, default=CHECKOUT / "docs" / "BENCHMARKS.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=CHECKOUT / "docs" / "BENCHMARKS.md",
+        help="where to write the report (default: docs/BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each cluster run, wait up to SECONDS for other processes to use < 0.25 "
+        "cores (for shared machines; lengthens the run)",
+    )
     args = parser.parse_args(argv)
 
     profile = QUICK if args.quick else FULL
@@ -190,18 +222,22 @@ def main(argv: list[str] | None = None) -> int:
             date=date,
             seconds=0.0,
             machine=machine.describe(workdir, CHECKOUT),
-            method=method(profile),
+            method=method(profile, args.wait_quiet),
             skipped=skipped,
         )
         for module in micro_names:
             _log(f"micro-benchmark {module}")
+            if args.wait_quiet > 0:
+                machine.wait_quiet(args.wait_quiet)
             run.micro.append(run_micro(module, args.quick, timeout=300))
         broken: dict[Kind, str] = {}
         for workload in workloads:
             outcomes: dict[Kind, Outcome] = {}
             for kind in Kind:
                 _log(f"{workload.name} on {kind}")
-                outcomes[kind] = run_workload(workload, kind, profile, workdir, broken)
+                outcomes[kind] = run_workload(
+                    workload, kind, profile, workdir, broken, args.wait_quiet
+                )
                 if outcomes[kind].note:
                     _log(
                         f"{workload.name} on {kind}: {outcomes[kind].status}: {outcomes[kind].note}"
