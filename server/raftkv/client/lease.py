@@ -49,6 +49,10 @@ async def keep_alive_once(
         try:
             await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
+        except asyncio.InvalidStateError:
+            # The stream ended before the request could be written: nothing was sent.
+            transport.mark_failed(endpoint)
+            continue
         except grpc.aio.AioRpcError as e:
             err = errors.from_rpc_error(e)
             if transport.wants_new_token(err):
@@ -175,6 +179,9 @@ class Lease:
                     await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
         except (TimeoutError, _Gone):
             self.lost.set()
+        except Exception:
+            self.lost.set()  # a bug, not a verdict on the lease; but nobody renews it any more
+            raise
 
     async def _renew_on_one_stream(self, scope: asyncio.Timeout) -> bool:
         """Renew every TTL/3 on one stream until it fails; True if it renewed at least once."""
@@ -211,6 +218,10 @@ class Lease:
                 await transport.refresh_token(token)
             else:
                 transport.mark_failed(endpoint)
+            return renewed
+        except asyncio.InvalidStateError:
+            # Writing to a stream that has already ended (its member went away).
+            transport.mark_failed(endpoint)
             return renewed
         finally:
             call.cancel()

@@ -116,9 +116,12 @@ class Watch:
         """Ask for a progress notification (an empty batch carrying the current revision)."""
         call = self._call
         if call is None:
-            return
-        async with self._write_lock:
-            await call.write(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+            return  # reconnecting: the new stream will report progress with its events
+        request = rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
+        # A stream that just ended is being replaced; the request is moot then.
+        with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            async with self._write_lock:
+                await call.write(request)
 
     async def __aenter__(self) -> Watch:
         return await self.start()
@@ -203,6 +206,10 @@ class Watch:
                 transport.mark_failed(endpoint)
                 raise _Reconnect from None
             raise err from None
+        except asyncio.InvalidStateError:
+            # The stream ended before the create request could be written.
+            transport.mark_failed(endpoint)
+            raise _Reconnect from None
         finally:
             self._call = None
             call.cancel()
