@@ -1,10 +1,10 @@
-"""The load generator against real servers: a tiny run on etcd, and a server lacking services.
+"""The workloads against real servers: tiny runs on etcd, and a server lacking services.
 
-The smoke test runs the write workload for a fraction of a second against a real 1-member
-etcd, so a broken client, a wrong stub or a metric that is never produced shows up in seconds.
+The smoke tests run each client-side workload for a fraction of a second against a real
+1-member etcd (shared by the module, each workload under its own prefix), so a broken client,
+a wrong stub, a lost watch event or a metric that is never produced shows up in seconds.
 The others point workloads and `etcdctl check perf` at a gRPC server that implements nothing:
-they must report "unsupported" (what raftkv gets while it lacks Watch or Lease), not crash.
-"""
+they must report "unsupported" (what raftkv gets while it lacks a service), not crash."""
 
 from __future__ import annotations
 
@@ -20,13 +20,25 @@ import pytest
 from bench.checkperf import run_check_perf
 from bench.clusters import Cluster, Kind, Member
 from bench.load import Unsupported
-from bench.workloads import QUICK, Profile, lease_keepalive, puts, watch_fanout
-from tests.support.etcd import free_port, start_etcd_cluster
+from bench.workloads import QUICK, Profile, lease_keepalive, puts, reads, watch_fanout
+from tests.support.etcd import EtcdCluster, free_port
 from tests.support.fixtures import require_etcd
 
 pytestmark = pytest.mark.integration
 
-TINY = replace(QUICK, seconds=0.3, warmup=0.05, put_concurrency=(4,))
+TINY = replace(
+    QUICK,
+    seconds=0.3,
+    warmup=0.05,
+    put_concurrency=(4,),
+    read_concurrency=4,
+    read_keys=50,
+    watchers=6,
+    watch_streams=2,
+    watch_rate=50,
+    watch_burst=20,
+    lease_streams=2,
+)
 
 
 def _bench_cluster(root: Path, targets: list[tuple[str, object]]) -> Cluster:
@@ -46,17 +58,39 @@ def _bench_cluster(root: Path, targets: list[tuple[str, object]]) -> Cluster:
     return Cluster(kind=Kind.ETCD, root=root, members=members)
 
 
-def test_put_workload_on_real_etcd(tmp_path: Path) -> None:
-    require_etcd()
-    with start_etcd_cluster(tmp_path) as etcd:
-        member = etcd.members[0]
-        cluster = _bench_cluster(tmp_path, [(etcd.grpc_targets[0], member.process)])
-        metrics = {m.name: m for m in asyncio.run(puts(cluster, TINY))}
+def _on_etcd(etcd: EtcdCluster, tmp_path: Path) -> Cluster:
+    return _bench_cluster(tmp_path, [(etcd.grpc_targets[0], etcd.members[0].process)])
+
+
+def test_put_workload_on_real_etcd(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    metrics = {m.name: m for m in asyncio.run(puts(_on_etcd(etcd_cluster, tmp_path), TINY))}
     for label in ("1 client", "4 clients"):
         assert metrics[f"{label}: throughput"].value > 0
         assert 0 < metrics[f"{label}: p50"].value <= metrics[f"{label}: p99"].value
     assert metrics["4 clients: member CPU per op"].value > 0
     assert not any("errors" in name for name in metrics)
+
+
+def test_read_workload_on_real_etcd(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    metrics = {m.name: m for m in asyncio.run(reads(_on_etcd(etcd_cluster, tmp_path), TINY))}
+    for label in ("linearizable, 1 client", "linearizable, 4 clients", "serializable, 4 clients"):
+        assert metrics[f"{label}: throughput"].value > 0
+    assert not any("errors" in name for name in metrics)
+
+
+def test_watch_workload_delivers_every_event(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    metrics = {m.name: m for m in asyncio.run(watch_fanout(_on_etcd(etcd_cluster, tmp_path), TINY))}
+    assert metrics["paced 50 puts/s: events delivered"].value == 100
+    assert metrics["burst: events delivered"].value == 100
+    assert 0 < metrics["paced 50 puts/s: delivery p50"].value < 1000
+    assert metrics["burst: events/s delivered"].value > 0
+
+
+def test_lease_workload_on_real_etcd(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
+    metrics = {
+        m.name: m for m in asyncio.run(lease_keepalive(_on_etcd(etcd_cluster, tmp_path), TINY))
+    }
+    assert metrics["2 streams: throughput"].value > 0
 
 
 @pytest.fixture
