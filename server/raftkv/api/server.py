@@ -9,6 +9,7 @@ import signal
 import grpc
 
 from raftkv.api.cluster import ClusterService
+from raftkv.api.decoding import StrictDecodingInterceptor
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.maintenance import MaintenanceService
@@ -37,7 +38,10 @@ def grpc_server_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 def build_grpc_server(member: MemberServer) -> grpc.aio.Server:
-    server = grpc.aio.server(options=grpc_server_options(member.config))
+    server = grpc.aio.server(
+        options=grpc_server_options(member.config),
+        interceptors=[StrictDecodingInterceptor()],
+    )
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(member), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member), server)

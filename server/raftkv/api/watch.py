@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from raftkv.api.decoding import abort_if_undecodable
 from raftkv.api.handlers import abort_with, requires_leader
 from raftkv.node.errors import NoLeaderError
 from raftkv.node.server import MemberServer
@@ -91,6 +92,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     return
+                await abort_if_undecodable(request, context)
                 kind = request.WhichOneof("request_union")
                 if kind == "create_request":
                     stream.create(request.create_request)
