@@ -1,9 +1,9 @@
 """etcd's Maintenance service: status, alarms, defragmentation, hashes and backend snapshots.
 
 Shapes follow etcd 3.4 where clients can see them: `Status.errors` lists "etcdserver: no leader"
-and every raised alarm as etcd prints it; `Defragment` answers without a header; `Alarm` goes
-through Raft for every action (so a GET is linearizable); `HashKV`'s header carries the
-member's current revision.
+and every raised alarm as etcd prints it; `Defragment` and `Alarm` answer without a header;
+`Alarm` goes through Raft for every action (so a GET is linearizable); `HashKV`'s header carries
+the member's current revision.
 
 `Snapshot` streams a consistent copy of the backend database, taken with the backend's own
 online backup into a temporary file beside the database (the live file keeps changing, and the
@@ -23,6 +23,7 @@ import grpc
 
 from raftkv.api.handlers import abort_with, requires_leader, unary
 from raftkv.apply.alarms import alarm_text
+from raftkv.node.admin import ClusterAdmin
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.pb.serverpb import internal_pb2 as serverpb
@@ -70,7 +71,11 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        return await self.server.propose(serverpb.InternalRequest(alarm=request))
+        response: rpc_pb2.AlarmResponse = await self.server.propose(
+            serverpb.InternalRequest(alarm=request)
+        )
+        response.ClearField("header")  # etcd 3.4 answers alarms without one
+        return response
 
     @unary
     async def Defragment(
@@ -98,6 +103,18 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         response = rpc_pb2.HashKVResponse(hash=hash_, compact_revision=compact)
         self.server.fill_header(response.header, current)
         return response
+
+    @unary
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        # Served by the leader only; waits until the target leads, within the client's deadline.
+        remaining = context.time_remaining()
+        timeout = self.server.request_timeout
+        await ClusterAdmin(self.server).move_leader(
+            request.targetID, timeout if remaining is None else min(remaining, timeout)
+        )
+        return rpc_pb2.MoveLeaderResponse()  # etcd 3.4 answers without a header
 
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext

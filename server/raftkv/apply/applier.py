@@ -122,7 +122,7 @@ class Applier:
             self.lessor.checkpoint((c.ID, c.remaining_TTL) for c in body.checkpoints)
             return rpc_pb2.LeaseCheckpointResponse(header=self._header())
         if kind == "alarm":
-            return rpc_pb2.AlarmResponse(header=self._header(), alarms=self.alarms.apply(body))
+            return rpc_pb2.AlarmResponse(alarms=self.alarms.apply(body))
         if kind == "member_attributes":
             self.membership.set_client_urls(body.member_id, body.name, tuple(body.client_urls))
             return None
