@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from raftkv.api import concurrency
 from raftkv.apply import alarms
 from raftkv.apply import errors as apply_errors
 from raftkv.lease import errors as lease_errors
@@ -85,6 +86,11 @@ NO_LEADER = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
 TIMEOUT = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out")
 STOPPED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
 NOT_CAPABLE = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: not capable")
+# The lock and election recipes' own errors: plain errors in etcd, so Unknown on the wire.
+ELECTION_NO_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: no leader")
+ELECTION_NOT_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: not leader")
+MISSING_LEADER_KEY = EtcdError(grpc.StatusCode.UNKNOWN, '"leader" field must be provided')
+SESSION_EXPIRED = EtcdError(grpc.StatusCode.UNKNOWN, "session expired")
 
 _BY_TYPE: dict[type[Exception], EtcdError] = {
     apply_errors.EmptyKeyError: EMPTY_KEY,
@@ -121,6 +127,10 @@ _BY_TYPE: dict[type[Exception], EtcdError] = {
     node_errors.RequestTimeoutError: TIMEOUT,
     node_errors.ServerStoppedError: STOPPED,
     node_errors.RequestTooLargeError: REQUEST_TOO_LARGE,
+    concurrency.ElectionNoLeaderError: ELECTION_NO_LEADER,
+    concurrency.ElectionNotLeaderError: ELECTION_NOT_LEADER,
+    concurrency.MissingLeaderKeyError: MISSING_LEADER_KEY,
+    concurrency.SessionExpiredError: SESSION_EXPIRED,
 }
 
 

@@ -49,3 +49,30 @@ def unary(
             raise  # unreachable: abort raises
 
     return wrapper
+
+
+def in_process(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """Wrap a unary Lock or Election method. etcd serves these through an in-process client
+    whose errors lose their gRPC code, so every domain error reaches the caller as Unknown with
+    etcd's message; only the hasleader check (an interceptor in etcd) keeps its own code."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        server: MemberServer = self.server
+        try:
+            if requires_leader(context):
+                server.node.require_leader()
+        except Exception as error:
+            await abort_with(context, error)
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            mapped = errors.lookup(error)
+            if mapped is None:
+                raise
+            await context.abort(grpc.StatusCode.UNKNOWN, mapped.message)
+            raise  # unreachable: abort raises
+
+    return wrapper

@@ -10,14 +10,18 @@ import grpc
 
 from raftkv.api.cluster import ClusterService
 from raftkv.api.decoding import StrictDecodingInterceptor
+from raftkv.api.election import ElectionService
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
+from raftkv.api.lock import LockService
 from raftkv.api.maintenance import MaintenanceService
 from raftkv.api.watch import WatchService
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc
+from raftkv.pb.v3electionpb import v3election_pb2_grpc
+from raftkv.pb.v3lockpb import v3lock_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ def build_grpc_server(member: MemberServer) -> grpc.aio.Server:
         member, max_response_bytes=member.config.max_request_bytes + GRPC_OVERHEAD_BYTES
     )
     rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)
     for url in member.config.listen_client_urls:
         if url.scheme != "http":
             raise DataDirError(f"client URL {url} needs TLS, which is not configured")
