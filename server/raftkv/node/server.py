@@ -10,6 +10,16 @@ A brand-new member of a new cluster computes every member's ID from `--initial-c
 as etcd does, so all founding members agree without talking; Raft then starts from the same
 configuration-change entries on each of them. A member with a WAL restarts from it and ignores
 the `--initial-cluster*` flags, as etcd does.
+
+A member joining an existing cluster (`--initial-cluster-state=existing`, empty data dir) asks
+the other members for the member list to learn its ID and the cluster's (`node.join`), then
+starts with an empty log and no configuration: the leader sends it the log or a snapshot, and
+the member list comes from applying those. Until its own addition is applied, its peers are the
+members the cluster named.
+
+A member that learns it was removed (it applies its own removal, or a peer refuses it for that)
+records the removal durably, lets its last messages go out, and stops; its data dir is refused
+from then on.
 """
 
 from __future__ import annotations
@@ -26,14 +36,15 @@ from raftkv.apply.alarms import CORRUPT, NOSPACE
 from raftkv.apply.applier import Applier
 from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
 from raftkv.membership import Member, compute_cluster_id, compute_member_id
-from raftkv.node import compactor
+from raftkv.node import compactor, join
 from raftkv.node.config import ServerConfig
 from raftkv.node.corruption import CorruptionChecker
-from raftkv.node.errors import DataDirError, RequestTooLargeError
+from raftkv.node.errors import DataDirError, JoinError, RequestTooLargeError
 from raftkv.node.quota import BackendQuota
 from raftkv.node.raft_node import RaftNode
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.raftpb import raft_pb2 as raftpb
+from raftkv.pb.raftpb.peer_pb2 import MembersResponse
 from raftkv.pb.serverpb import internal_pb2 as serverpb
 from raftkv.raft import Config, MemoryStorage, RawNode
 from raftkv.storage.snapshotter import Snapshotter
@@ -42,6 +53,11 @@ from raftkv.transport import PeerTransport
 from raftkv.watch import WatchableStore
 
 log = logging.getLogger(__name__)
+
+# How long a joining member keeps asking the other members for the member list.
+JOIN_TIMEOUT = 10.0
+# A removed member keeps running this long so its last messages (a leader's hand-over) go out.
+REMOVED_STOP_DELAY = 1.0
 
 
 class MemberServer:
@@ -60,6 +76,9 @@ class MemberServer:
         self.watchable: WatchableStore
         self.transport: PeerTransport
         self._known_peers: dict[int, tuple[str, ...]] = {}
+        # A joining member's peers, as the cluster listed them, until it applies its own addition.
+        self._join_peers: dict[int, tuple[str, ...]] = {}
+        self._removal_task: asyncio.Task[None] | None = None
         self._publish_task: asyncio.Task[None] | None = None
         self._compaction_task: asyncio.Task[None] | None = None
         self._auto_compactor: asyncio.Task[None] | None = None
@@ -81,6 +100,10 @@ class MemberServer:
         self.applier.add_restore_listener(lambda: self.watchable.restore(self.applier.store))
         if WAL.exists(self.wal_dir):
             rawnode, storage, wal, snapshot_index = self._restart()
+            if self.config.initial_cluster_state == "existing":
+                await self._check_same_cluster()
+        elif self.config.initial_cluster_state == "existing":
+            rawnode, storage, wal, snapshot_index = await self._join_existing()
         else:
             rawnode, storage, wal, snapshot_index = self._bootstrap_new()
         snapshotter = Snapshotter(self.snap_dir)
@@ -114,10 +137,16 @@ class MemberServer:
             snapshot_provider=self._snapshot_payload,
             on_unreachable=self.node.report_unreachable,
             on_snapshot_status=self.node.report_snapshot,
-            is_removed=self.applier.membership.removed.__contains__,
+            # Through `self.applier`: a snapshot restore replaces the membership object.
+            is_removed=lambda member_id: member_id in self.applier.membership.removed,
+            member_list=self._members_response,
+            on_removed=lambda: self._leave("a peer refused it as removed"),
         )
         self._sync_peers()
         self.node.add_apply_listener(self._sync_peers)
+        self.node.add_apply_listener(self._check_removed)
+        self.applier.add_restore_listener(self._sync_peers)
+        self.applier.add_restore_listener(self._check_removed)
         self.node.add_apply_listener(self._schedule_compaction)
         await self.transport.start([str(url) for url in self.config.listen_peer_urls])
         # The leader alone expires leases; a new leader first extends them by an election timeout.
@@ -140,6 +169,7 @@ class MemberServer:
             self._compaction_task,
             self._auto_compactor,
             self._corruption_check,
+            self._removal_task,
         ):
             if task is not None:
                 task.cancel()
@@ -170,11 +200,6 @@ class MemberServer:
         )
 
     def _bootstrap_new(self) -> tuple[RawNode, MemoryStorage, WAL, int]:
-        if self.config.initial_cluster_state == "existing":
-            raise DataDirError(
-                "joining an existing cluster (--initial-cluster-state=existing) needs "
-                "cluster administration support, which this member does not have yet"
-            )
         token = self.config.initial_cluster_token
         founders = [
             Member(
@@ -244,6 +269,11 @@ class MemberServer:
     def _sync_peers(self) -> None:
         """Keep the transport's peers equal to the applied member list."""
         members = {m.id: m.peer_urls for m in self.applier.membership.members.values()}
+        if self._join_peers:
+            if self.member_id in members:
+                self._join_peers = {}
+            else:
+                members = {**self._join_peers, **members}
         members.pop(self.member_id, None)
         if members == self._known_peers:
             return
@@ -255,6 +285,87 @@ class MemberServer:
             elif self._known_peers[member_id] != urls:
                 self.transport.update_peer(member_id, list(urls))
         self._known_peers = members
+
+    def peer_connected(self, member_id: int) -> bool:
+        """Whether the message stream to a peer is up (the strict reconfiguration checks)."""
+        try:
+            return self.transport.peer_stats(member_id).connected
+        except KeyError:
+            return False
+
+    def _members_response(self) -> MembersResponse:
+        membership = self.applier.membership
+        return join.members_response(membership.cluster_id, membership.sorted_members())
+
+    # ---- joining and leaving -----------------------------------------------------------------
+
+    def _other_peer_urls(self) -> list[str]:
+        return [
+            str(url)
+            for name, urls in self.config.initial_cluster.items()
+            if name != self.config.name
+            for url in urls
+        ]
+
+    async def _join_existing(self) -> tuple[RawNode, MemoryStorage, WAL, int]:
+        asked = self._other_peer_urls()
+        remote = await join.fetch_cluster(asked, JOIN_TIMEOUT)
+        if remote is None:
+            raise JoinError(
+                "cannot fetch the member list from the other --initial-cluster members "
+                f"({', '.join(asked) or 'none listed'}); is the cluster running?"
+            )
+        urls = {n: [str(u) for u in us] for n, us in self.config.initial_cluster.items()}
+        me = join.find_self(remote, urls, self.config.name)
+        self.member_id, self.cluster_id = me.id, remote.cluster_id
+        self._join_peers = {m.id: m.peer_urls for m in remote.members if m.id != me.id}
+        self.applier.membership.set_cluster_id(self.cluster_id)
+        self.applier.commit()
+        metadata = serverpb.WALMetadata(member_id=self.member_id, cluster_id=self.cluster_id)
+        wal = WAL.create(self.wal_dir, metadata.SerializeToString())
+        storage = MemoryStorage()
+        rawnode = RawNode(self._raft_config(storage, applied=0))
+        log.info(
+            "joining cluster %x as %s %x; the leader will send the log or a snapshot",
+            self.cluster_id,
+            "learner" if me.is_learner else "voting member",
+            self.member_id,
+        )
+        return rawnode, storage, wal, 0
+
+    async def _check_same_cluster(self) -> None:
+        """Refuse a data dir of another cluster than the one the peers form (when they answer)."""
+        remote = await join.fetch_cluster(self._other_peer_urls(), 0)
+        if remote is not None and remote.cluster_id != self.cluster_id:
+            raise DataDirError(
+                f"data dir {self.config.data_dir} belongs to cluster {self.cluster_id:x} "
+                f"(member {self.member_id:x}), but --initial-cluster names "
+                f"{remote.describe()}; refusing to start. To join that cluster, add this member "
+                "with `etcdctl member add` and start it with an empty data dir"
+            )
+
+    def _check_removed(self) -> None:
+        if self.member_id in self.applier.membership.removed:
+            self._leave("it applied its own removal")
+
+    def _leave(self, how: str) -> None:
+        """This member was removed: make that durable, then stop after a short delay."""
+        if self._removal_task is not None:
+            return
+        log.error(
+            "member %x has been removed from cluster %x (%s); stopping. Its data dir cannot be "
+            "used again: to rejoin, `etcdctl member add` it and start with an empty data dir",
+            self.member_id,
+            self.cluster_id,
+            how,
+        )
+        self.applier.membership.mark_removed(self.member_id)
+        self.applier.commit_durable()
+        self._removal_task = asyncio.create_task(self._stop_after_removal())
+
+    async def _stop_after_removal(self) -> None:
+        await asyncio.sleep(REMOVED_STOP_DELAY)
+        self.node.halt()
 
     def _snapshot_payload(self, message: raftpb.Message) -> Path:
         """A consistent copy of the backend to stream beside an outgoing snapshot."""
