@@ -17,6 +17,7 @@ runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -198,10 +199,24 @@ class RaftNode:
         change.id = self._ids.next()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[change.id] = future
+
+        def propose() -> None:
+            self.rawnode.propose_conf_change(change)
+
         try:
             async with asyncio.timeout(self.request_timeout):
-                await self._submit(lambda: self.rawnode.propose_conf_change(change))
-                return await future
+                await self._submit(propose)
+                # A follower forwards the change; a leader that cannot take it yet (just
+                # elected, or another change pending) drops it without a word. Proposing it
+                # again each election timeout is safe: a copy applied after the original fails
+                # validation (or, for an update, changes nothing), and nobody waits for it.
+                while not future.done():
+                    await asyncio.wait({future}, timeout=self.tick_seconds * self.election_ticks)
+                    if not future.done() and not self.is_leader:
+                        with contextlib.suppress(ProposalDroppedError):
+                            propose()
+                            self._ready_wakeup.set()
+                return future.result()
         except TimeoutError:
             raise RequestTimeoutError() from None
         finally:
