@@ -258,4 +258,7 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m`: run the importable module's main, whose classes the command groups share.
+    from raftkv.cli import ctl
+
+    sys.exit(ctl.main())
