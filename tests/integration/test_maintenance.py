@@ -3,6 +3,7 @@ Defragment, alarms, and the periodic corruption check raising CORRUPT."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -134,6 +135,34 @@ def test_alarms_are_replicated_and_block_writes_until_disarmed(stubs: list[Stubs
         stubs[2].maintenance.Alarm(off, timeout=5)
     assert list(stubs[0].maintenance.Alarm(A(action=A.GET)).alarms) == []
     assert stubs[0].kv.Put(pb.PutRequest(key=b"alarm/k", value=b"v")).header.revision > 0
+
+
+def test_snapshot_streams_the_database_then_its_sha256_and_leaves_no_copy(
+    cluster: RaftKVCluster, stubs: list[Stubs]
+) -> None:
+    put = stubs[0].kv.Put(pb.PutRequest(key=b"snap/k", value=b"v" * 100_000), timeout=5)
+    written = put.header.revision
+    chunks = list(stubs[0].maintenance.Snapshot(pb.SnapshotRequest(), timeout=30))
+    blob = b"".join(c.blob for c in chunks)
+    remaining = [c.remaining_bytes for c in chunks]
+    assert len(chunks) > 2
+    assert remaining == sorted(remaining, reverse=True)
+    assert remaining[-2:] == [0, 0]
+    assert [len(blob) - 32 - sum(len(c.blob) for c in chunks[: i + 1]) for i in range(3)] == (
+        remaining[:3]
+    )
+    assert hashlib.sha256(blob[:-32]).digest() == blob[-32:]
+    assert blob.startswith(b"SQLite format 3\0")
+    me = stubs[0].maintenance.Status(pb.StatusRequest()).header.member_id
+    assert (chunks[0].header.member_id, chunks[0].header.revision >= written) == (me, True)
+    assert not chunks[1].HasField("header")
+
+    # A client that goes away mid-stream leaves nothing behind either.
+    stream = stubs[0].maintenance.Snapshot(pb.SnapshotRequest(), timeout=30)
+    next(stream)
+    stream.cancel()
+    snap_dir = cluster.members[0].data_dir / "member" / "snap"
+    wait_until(lambda: not list(snap_dir.glob("client-snapshot-*")), timeout=5)
 
 
 def test_defragment_shrinks_the_database_after_compacting_a_long_history(
