@@ -40,6 +40,7 @@ from raftkv.raft import (
 )
 
 NO_LIMIT = 1 << 62  # an index past any log
+MessageFilter = Callable[[pb.Message], bool]
 
 
 class InvariantViolation(AssertionError):
@@ -522,6 +523,7 @@ class Cluster:
         )
         self.nodes: dict[int, SimNode] = {}
         self.events: Counter[str] = Counter()  # what happened, for coverage assertions
+        self.reads: dict[bytes, tuple[int, int]] = {}  # answered ReadIndex ctx -> (node, index)
         self._seen: dict[int, tuple[StateType, int, int]] = {}
         self._proposals = 0
         peers = [(i, b"") for i in range(1, voters + 1)]
@@ -598,12 +600,15 @@ class Cluster:
         node.raw.tick()
         self._drain(node)
 
-    def step(self) -> bool:
-        """Deliver (or lose) one due message; False if none is due."""
+    def step(self, drop: MessageFilter | None = None) -> bool:
+        """Deliver (or lose) one due message; False if none is due. Messages for which `drop`
+        returns True are lost (a directed test's surgical fault)."""
         env = self.net.next()
         if env is None:
             return False
-        if self.net.roll_duplicate():
+        if drop is not None and drop(env.msg):
+            self.drop(env, "filtered")
+        elif self.net.roll_duplicate():
             self.deliver(env, keep=True)
         elif self.net.roll_drop():
             self.drop(env, "lost")
@@ -611,10 +616,10 @@ class Cluster:
             self.deliver(env)
         return True
 
-    def stabilize(self, max_steps: int = 20_000) -> int:
+    def stabilize(self, max_steps: int = 20_000, drop: MessageFilter | None = None) -> int:
         """Deliver due messages until none is left; returns how many steps it took."""
         for n in range(max_steps):
-            if not self.step():
+            if not self.step(drop):
                 return n
         raise AssertionError(f"network still busy after {max_steps} deliveries")
 
@@ -662,7 +667,7 @@ class Cluster:
             return
         if m.type == pb.MSG_SNAP:
             self._report_snapshot(src.id, m.to, failed=True)
-        elif why != "lost":
+        elif why in ("down", "cut"):
             src.raw.report_unreachable(m.to)
             self._drain(src)
 
@@ -772,6 +777,7 @@ class Cluster:
         for rs in rd.read_states:
             self.checker.on_read_state(node.id, rs.index, rs.request_ctx)
             self.events["read_answered"] += 1
+            self.reads[rs.request_ctx] = (node.id, rs.index)
             self._note(f"[{node.id}] read {rs.request_ctx!r} at index {rs.index}")
         if rd.hard_state is not None and rd.hard_state.commit > node.commit:
             node.commit = rd.hard_state.commit
