@@ -65,7 +65,7 @@ def test_activate_get_and_deactivate_answer_like_etcd(applier: Applier) -> None:
     assert alarms(log.alarm(A.GET)) == []
     first = log.alarm(A.ACTIVATE, M2, pb.NOSPACE)
     assert alarms(first) == [(M2, pb.NOSPACE)]
-    assert first.header.revision == 1
+    assert not first.HasField("header")  # etcd 3.4 answers alarms without one
     # Raising an alarm that is already up changes nothing and reports nothing.
     assert alarms(log.alarm(A.ACTIVATE, M2, pb.NOSPACE)) == []
     log.alarm(A.ACTIVATE, M1, pb.CORRUPT)
