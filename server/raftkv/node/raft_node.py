@@ -30,6 +30,7 @@ from typing import Any
 from raftkv.apply.applier import Applier
 from raftkv.membership import Member
 from raftkv.node.errors import NoLeaderError, RequestTimeoutError, ServerStoppedError
+from raftkv.observability.metrics import ServerMetrics
 from raftkv.pb.raftpb import raft_pb2 as raftpb
 from raftkv.pb.serverpb import internal_pb2 as serverpb
 from raftkv.raft import MemoryStorage, ProposalDroppedError, RawNode, StateType
@@ -82,8 +83,10 @@ class RaftNode:
         snapshot_count: int,
         snapshot_index: int,
         request_timeout: float,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.member_id = member_id
+        self._metrics = metrics
         self.rawnode = rawnode
         self.storage = storage
         self.wal = wal
@@ -141,6 +144,11 @@ class RaftNode:
     def add_apply_listener(self, listener: Callable[[], None]) -> None:
         """Called after each applied batch (the backend commit has happened)."""
         self._apply_listeners.append(listener)
+
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals waiting to be committed and applied (etcd_server_proposals_pending)."""
+        return len(self._waiters)
 
     @property
     def is_leader(self) -> bool:
@@ -386,7 +394,10 @@ class RaftNode:
                 request_id, result = self.applier.apply_normal(entry)
                 self._resolve(request_id, result)
             self.applied_index = entry.index
+        started = time.perf_counter()
         self.applier.commit()
+        if self._metrics is not None:
+            self._metrics.applied_batch(len(entries), time.perf_counter() - started)
         while self._applied_waiters and self._applied_waiters[0][0] <= self.applied_index:
             _, _, future = heapq.heappop(self._applied_waiters)
             if not future.done():
@@ -438,6 +449,7 @@ class RaftNode:
         if self.applied_index - self.snapshot_index <= self.snapshot_count:
             return
         index = self.applied_index
+        started = time.perf_counter()
         # The backend must be durable at `index` before the WAL before it can be released.
         self.applier.commit_durable()
         info = serverpb.SnapshotPayloadInfo(cluster_id=self.applier.membership.cluster_id)
@@ -450,6 +462,8 @@ class RaftNode:
         await self.wal.release_before(index)
         self.snapshotter.purge()
         self.snapshot_index = index
+        if self._metrics is not None:
+            self._metrics.snapshot_saved(time.perf_counter() - started)
         log.info("saved snapshot at index %d", index)
 
     def _fail_all(self, error: Exception) -> None:

@@ -39,9 +39,17 @@ from raftkv.membership import Member, compute_cluster_id, compute_member_id
 from raftkv.node import compactor, join
 from raftkv.node.config import ServerConfig
 from raftkv.node.corruption import CorruptionChecker
-from raftkv.node.errors import DataDirError, JoinError, RequestTooLargeError
+from raftkv.node.errors import (
+    DataDirError,
+    JoinError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ServerStoppedError,
+)
 from raftkv.node.quota import BackendQuota
-from raftkv.node.raft_node import RaftNode
+from raftkv.node.raft_node import LeaderChange, RaftNode
+from raftkv.observability.metrics import ServerMetrics
+from raftkv.observability.network import HeartbeatMonitor, probe_peers_forever
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.raftpb import raft_pb2 as raftpb
 from raftkv.pb.raftpb.peer_pb2 import MembersResponse
@@ -63,8 +71,11 @@ REMOVED_STOP_DELAY = 1.0
 class MemberServer:
     """What the API layer talks to: proposals, reads, and the identity for response headers."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
+        self._heartbeats: HeartbeatMonitor | None = None
+        self._prober: asyncio.Task[None] | None = None
         member_dir = Path(config.data_dir) / "member"
         self.wal_dir = member_dir / "wal"
         self.snap_dir = member_dir / "snap"
@@ -88,6 +99,7 @@ class MemberServer:
     # ---- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        metrics = self.metrics
         self.snap_dir.mkdir(parents=True, exist_ok=True)
         lessor = Lessor(
             min_ttl=min_lease_ttl(self.config.election_ticks, self.config.heartbeat_interval_ms)
@@ -111,7 +123,7 @@ class MemberServer:
             member_id=self.member_id,
             rawnode=rawnode,
             storage=storage,
-            wal=GroupCommitWAL(wal),
+            wal=GroupCommitWAL(wal, on_flush=metrics.wal_flushed if metrics else None),
             snapshotter=snapshotter,
             applier=self.applier,
             send=self._send,
@@ -120,6 +132,7 @@ class MemberServer:
             snapshot_count=self.config.snapshot_count,
             snapshot_index=snapshot_index,
             request_timeout=self.request_timeout,
+            metrics=metrics,
         )
         self.quota = BackendQuota(
             self.config.effective_quota_backend_bytes,
@@ -141,6 +154,7 @@ class MemberServer:
             is_removed=lambda member_id: member_id in self.applier.membership.removed,
             member_list=self._members_response,
             on_removed=lambda: self._leave("a peer refused it as removed"),
+            metrics=metrics.peers if metrics else None,
         )
         self._sync_peers()
         self.node.add_apply_listener(self._sync_peers)
@@ -151,7 +165,7 @@ class MemberServer:
         await self.transport.start([str(url) for url in self.config.listen_peer_urls])
         # The leader alone expires leases; a new leader first extends them by an election timeout.
         self.lease_keeper = LeaseKeeper(
-            lessor, self.propose, extend=self.config.election_timeout_ms / 1000
+            lessor, self._propose_for_keeper, extend=self.config.election_timeout_ms / 1000
         )
         self.node.add_leader_listener(
             lambda change: self.lease_keeper.on_leadership(change.is_leader)
@@ -162,9 +176,12 @@ class MemberServer:
         self._publish_task = asyncio.create_task(self._publish_attributes())
         self._auto_compactor = self._start_auto_compactor()
         self._corruption_check = self._start_corruption_check()
+        if metrics is not None:
+            self._observe_peers(metrics)
 
     async def stop(self) -> None:
         for task in (
+            self._prober,
             self._publish_task,
             self._compaction_task,
             self._auto_compactor,
@@ -264,7 +281,33 @@ class MemberServer:
     # ---- peers -------------------------------------------------------------------------------
 
     def _send(self, messages: list[raftpb.Message]) -> None:
+        if self._heartbeats is not None:
+            for message in messages:
+                if message.type == raftpb.MSG_HEARTBEAT:
+                    self._heartbeats.sent(message.to)
         self.transport.send(messages)
+
+    def _observe_peers(self, metrics: ServerMetrics) -> None:
+        """Round trips to peers, and the leader's late heartbeats (etcd's two peer probes)."""
+        heartbeats = HeartbeatMonitor(
+            self.config.heartbeat_interval_ms / 1000, metrics.heartbeat_late, time.monotonic
+        )
+
+        def on_leader_change(change: LeaderChange) -> None:
+            heartbeats.reset()
+
+        self.node.add_leader_listener(on_leader_change)
+        self._heartbeats = heartbeats
+        self._prober = asyncio.create_task(
+            probe_peers_forever(self.transport.probe, lambda: list(self._known_peers))
+        )
+
+    async def _propose_for_keeper(self, request: serverpb.InternalRequest) -> Any:
+        """The lease keeper's proposals; a revoke it proposes is an expiry."""
+        response = await self.propose(request)
+        if self.metrics is not None and request.HasField("lease_revoke"):
+            self.metrics.lease_expired()
+        return response
 
     def _sync_peers(self) -> None:
         """Keep the transport's peers equal to the applied member list."""
@@ -462,7 +505,12 @@ class MemberServer:
         if request.ByteSize() > self.config.max_request_bytes:
             raise RequestTooLargeError()
         await self.quota.enforce(request)
-        response = await self.node.propose(request)
+        try:
+            response = await self.node.propose(request)
+        except (RequestTimeoutError, ServerStoppedError):
+            if self.metrics is not None:
+                self.metrics.proposal_failed()
+            raise
         if response is not None and hasattr(response, "header"):
             self.fill_header(response.header, response.header.revision)
         return response
