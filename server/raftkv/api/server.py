@@ -1,4 +1,10 @@
-"""The `raftkv` server process: a member plus the etcd-compatible gRPC services on client URLs."""
+"""The `raftkv` server process: a member plus the etcd-compatible gRPC services on client URLs.
+
+The gRPC server listens on an internal socket; the client URLs belong to the front
+(`api.http.front`), which passes gRPC connections through to it and serves HTTP (/metrics,
+/health, /version, and what others mount on the router) on the same port, as etcd does.
+`--listen-metrics-urls` get a plain HTTP server with /metrics and /health.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,14 @@ import logging
 import signal
 
 import grpc
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from raftkv.api import instrument
 from raftkv.api.cluster import ClusterService
 from raftkv.api.decoding import StrictDecodingInterceptor
 from raftkv.api.election import ElectionService
+from raftkv.api.http import ClientPortFront, HttpRouter, internal_grpc_address, serve_http
+from raftkv.api.http import endpoints as http_endpoints
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.lock import LockService
@@ -19,6 +29,8 @@ from raftkv.api.watch import WatchService
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError
 from raftkv.node.server import MemberServer
+from raftkv.observability.grpc_server import GrpcServerMetrics
+from raftkv.observability.metrics import CLUSTER_VERSION, SERVER_VERSION, ServerMetrics
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc
 from raftkv.pb.v3electionpb import v3election_pb2_grpc
 from raftkv.pb.v3lockpb import v3lock_pb2_grpc
@@ -41,10 +53,22 @@ def grpc_server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
-def build_grpc_server(member: MemberServer) -> grpc.aio.Server:
+def http_body_limit(config: ServerConfig) -> int:
+    """The largest HTTP request body: a request in JSON (base64 grows bytes by 4/3) and slack."""
+    return 2 * config.max_request_bytes + GRPC_OVERHEAD_BYTES
+
+
+def build_grpc_server(
+    member: MemberServer,
+    listen: str,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+) -> grpc.aio.Server:
+    """The gRPC server on `listen` (a grpc address: the front's internal socket)."""
     server = grpc.aio.server(
         options=grpc_server_options(member.config),
-        interceptors=[StrictDecodingInterceptor()],
+        # Innermost last: metrics see the calls the decoding check lets through, as in etcd,
+        # whose go-grpc-prometheus interceptor is the last of its chain.
+        interceptors=[StrictDecodingInterceptor(), *(interceptors or [])],
     )
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(member), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
@@ -56,19 +80,55 @@ def build_grpc_server(member: MemberServer) -> grpc.aio.Server:
     rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
     v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)
-    for url in member.config.listen_client_urls:
-        if url.scheme != "http":
-            raise DataDirError(f"client URL {url} needs TLS, which is not configured")
-        if server.add_insecure_port(f"{url.host}:{url.port}") == 0:
-            raise OSError(f"cannot listen on {url}")
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot listen on {listen}")
     return server
 
 
+def _check_urls(config: ServerConfig) -> None:
+    for url in (*config.listen_client_urls, *config.listen_metrics_urls):
+        if url.scheme != "http":
+            raise DataDirError(f"URL {url} needs TLS, which is not configured")
+
+
+def _health_router(
+    member: MemberServer, registry: CollectorRegistry, metrics: ServerMetrics, *, version: bool
+) -> HttpRouter:
+    router = HttpRouter()
+    http_endpoints.mount(
+        router,
+        instrument.MemberHealth(member),
+        registry,
+        on_health=metrics.health_checked,
+        server_version=SERVER_VERSION,
+        cluster_version=CLUSTER_VERSION,
+        version=version,
+    )
+    return router
+
+
 async def serve(config: ServerConfig) -> None:
-    member = MemberServer(config)
+    _check_urls(config)
+    # etcd exposes no `_created` series; they would double the size of every scrape.
+    disable_created_metrics()
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    member = MemberServer(config, metrics=metrics)
     await member.start()
-    grpc_server = build_grpc_server(member)
+    grpc_target, grpc_address = internal_grpc_address()
+    grpc_metrics = GrpcServerMetrics(registry, instrument.grpc_services())
+    grpc_server = build_grpc_server(member, grpc_target, [grpc_metrics])
     await grpc_server.start()
+    router = _health_router(member, registry, metrics, version=True)
+    front = ClientPortFront(router, grpc_address, max_body_bytes=http_body_limit(config))
+    metrics.observe_member(instrument.snapshot_source(member, front.pump))
+    for url in config.listen_client_urls:
+        await front.listen(url.host, url.port)
+    metrics_router = _health_router(member, registry, metrics, version=False)
+    metrics_servers = [
+        await serve_http(url.host, url.port, metrics_router, max_body_bytes=64 * 1024)
+        for url in config.listen_metrics_urls
+    ]
     log.info("serving client requests on %s", ", ".join(str(u) for u in config.listen_client_urls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,7 +140,11 @@ async def serve(config: ServerConfig) -> None:
         return_when=asyncio.FIRST_COMPLETED,
     )
     log.info("shutting down")
+    front.stop_accepting()
+    for http_server in metrics_servers:
+        http_server.close()
     await grpc_server.stop(grace=1.0)
+    await front.close()
     await member.stop()
     if stopped_by_failure.done():
         raise SystemExit(1)

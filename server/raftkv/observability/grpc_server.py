@@ -60,7 +60,8 @@ class _MethodStats:
         self.started = metrics.started.labels(*labels)
         self.received = metrics.received.labels(*labels)
         self.sent = metrics.sent.labels(*labels)
-        self.latency = metrics.handling.labels(*labels)
+        self._latency: Any = None  # resolved on first use: a histogram is 13 series
+        self._handling_metric = metrics.handling
         self._handled_metric = metrics.handled
         self._labels = labels
         self._handled: dict[str, Any] = {}
@@ -73,7 +74,9 @@ class _MethodStats:
 
     def finish(self, code: str, started: float) -> None:
         self.handled(code).inc()
-        self.latency.observe(time.perf_counter() - started)
+        if self._latency is None:
+            self._latency = self._handling_metric.labels(*self._labels)
+        self._latency.observe(time.perf_counter() - started)
 
 
 def _status_of(context: Any, error: BaseException | None) -> str:

@@ -1,0 +1,201 @@
+"""Moving gRPC bytes between the client port and the internal gRPC server, off the event loop.
+
+Every gRPC connection accepted on the client port is joined to a connection to the gRPC
+server's internal socket, and its bytes must flow both ways for as long as it lives. Doing that
+on the member's event loop would put two Python callbacks per message on the thread that also
+runs Raft. Instead one thread moves the bytes for all connections: it waits in epoll and moves
+data with splice(2) from the source socket into a pipe and from the pipe into the destination
+socket, so the bytes never enter Python (zero copy) and the thread holds the GIL only for a
+few calls per wake-up; the system calls themselves run without it.
+
+Each direction has its own pipe, which is also its flow control: the thread reads from a source
+only while that direction's pipe is empty, and waits for the destination to become writable
+when it is not, so a slow reader stalls its sender (TCP windows fill) instead of memory. An end
+of stream is passed on as a half-close (shutdown(SHUT_WR)), which keeps the pump transparent; a
+reset or error on either side closes both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import threading
+from collections import deque
+
+log = logging.getLogger(__name__)
+
+# The most one splice moves; a pipe holds 64 KiB by default, and a splice never blocks here.
+CHUNK = 1 << 20
+_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Edge-triggered: each fd is registered once; after an event the flows are moved until a
+# splice would block, and the next edge says when to try again (no epoll_ctl per message).
+_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+
+class _Flow:
+    """One direction: bytes read from `src` wait in the pipe until written to `dst`."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        self.src = src
+        self.dst = dst
+        self.from_client = from_client
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.buffered = 0
+        self.eof = False  # src sent its end of stream
+        self.shut = False  # ... and dst was told (shutdown SHUT_WR)
+
+    def close(self) -> None:
+        os.close(self.pipe_r)
+        os.close(self.pipe_w)
+
+
+class _Link:
+    """A client connection joined to its gRPC server connection."""
+
+    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+        self.client = client
+        self.server = server
+        self.client_fd = client.fileno()
+        self.upstream = _Flow(client, server, from_client=True)
+        self.downstream = _Flow(server, client, from_client=False)
+        self.closed = False
+
+    def flows(self, fd: int) -> tuple[_Flow, _Flow]:
+        """(the flow reading from fd, the flow writing to fd)."""
+        if fd == self.client_fd:
+            return self.upstream, self.downstream
+        return self.downstream, self.upstream
+
+
+class SplicePump:
+    """One thread moving bytes for every joined pair of sockets; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self._links: dict[int, _Link] = {}
+        self._incoming: deque[_Link] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="raftkv-grpc-pump", daemon=True)
+        # Written by the pump thread only; int updates are atomic under the GIL.
+        self.bytes_from_clients = 0
+        self.bytes_to_clients = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close every link and end the thread."""
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join()
+        for link in [*self._links.values(), *self._incoming]:
+            self._close(link)
+        self._incoming.clear()
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def join(self, client: socket.socket, server: socket.socket) -> None:
+        """Move bytes between two connected sockets until both directions end; owns them now."""
+        client.setblocking(False)
+        server.setblocking(False)
+        self._incoming.append(_Link(client, server))
+        self._wake()
+
+    @property
+    def connections(self) -> int:
+        return len(self._links) // 2
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    # ---- the pump thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for fd, events in self._epoll.poll():
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    self._adopt()
+                    continue
+                link = self._links.get(fd)
+                if link is None:
+                    continue
+                try:
+                    self._on_event(link, fd, events)
+                except OSError as error:
+                    if error.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                        log.warning("gRPC connection pump failed: %s", error)
+                    self._close(link)
+
+    def _adopt(self) -> None:
+        while self._incoming:
+            link = self._incoming.popleft()
+            for sock in (link.client, link.server):
+                self._links[sock.fileno()] = link
+                self._epoll.register(sock.fileno(), _EVENTS)
+            # Data may have arrived before registration; edge-triggered epoll would not say so.
+            self._move(link, link.upstream)
+            self._move(link, link.downstream)
+
+    def _on_event(self, link: _Link, fd: int, events: int) -> None:
+        reading, writing = link.flows(fd)
+        if events & _WRITABLE:
+            self._move(link, writing)
+        if events & _READABLE and not link.closed:
+            self._move(link, reading)
+        if events & select.EPOLLHUP and reading.eof and not link.closed:
+            self._close(link)  # fd is gone both ways: nothing more can be delivered to it
+
+    def _move(self, link: _Link, flow: _Flow) -> None:
+        """Move bytes along one flow until a splice would block, or the flow ends."""
+        while not link.closed:
+            while flow.buffered:
+                try:
+                    n = os.splice(flow.pipe_r, flow.dst.fileno(), flow.buffered, flags=_FLAGS)
+                except BlockingIOError:
+                    return  # dst is full: its EPOLLOUT edge resumes this flow
+                flow.buffered -= n
+                if flow.from_client:
+                    self.bytes_from_clients += n
+                else:
+                    self.bytes_to_clients += n
+            if flow.eof:
+                if not flow.shut:
+                    flow.shut = True
+                    with contextlib.suppress(OSError):
+                        flow.dst.shutdown(socket.SHUT_WR)
+                if link.upstream.shut and link.downstream.shut:
+                    self._close(link)
+                return
+            try:
+                n = os.splice(flow.src.fileno(), flow.pipe_w, CHUNK, flags=_FLAGS)
+            except BlockingIOError:
+                return  # nothing to read: src's EPOLLIN edge resumes this flow
+            if n == 0:
+                flow.eof = True
+            flow.buffered = n
+
+    def _close(self, link: _Link) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        for sock in (link.client, link.server):
+            fd = sock.fileno()
+            if self._links.pop(fd, None) is not None:
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+            sock.close()
+        link.upstream.close()
+        link.downstream.close()
