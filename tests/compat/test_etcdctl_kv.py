@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 
 from tests.compat.harness import Case, Outcome, System
 from tests.compat.normalize import (
+    ClusterIdentity,
     endpoint_health,
     endpoint_status,
     loads,
@@ -471,3 +473,34 @@ def test_defrag(compat: Case) -> None:
     assert compat.check("defrag").stdout.count("Finished defragmenting etcd member[") == 3
     compat.check("defrag", "--cluster", rules=[sort_records])
     compat.check("get", "--prefix", k(), "-w", "json")
+
+
+def _each(compat: Case, args: Callable[[ClusterIdentity], list[str]]) -> tuple[Outcome, ...]:
+    """Run a command whose arguments name cluster-specific things (IDs, URLs) on each system."""
+    return tuple(s.normalize(s.etcdctl(*args(s.identity))) for s in compat.pair.systems)
+
+
+def test_member_changes_that_change_nothing(compat: Case) -> None:
+    """Cluster requests that leave the membership as it is: an update to the member's own peer
+    URLs, and requests etcd refuses."""
+
+    def update(ident: ClusterIdentity) -> list[str]:
+        m1 = ident.member("m1")
+        return ["member", "update", f"{m1.id:x}", f"--peer-urls={m1.peer_urls[0]}", "-w", "json"]
+
+    etcd, raftkv = _each(compat, update)
+    assert sort_records(etcd.stdout) == sort_records(raftkv.stdout), (etcd, raftkv)
+    assert '"revision"' not in raftkv.stdout
+    assert_error(compat.check("member", "remove", "1234"), "Error: etcdserver: member not found\n")
+    refused = {
+        "Error: etcdserver: Peer URLs already exists\n": lambda ident: [
+            "member", "add", "again", f"--peer-urls={ident.member('m0').peer_urls[0]}"
+        ],
+        "Error: etcdserver: can only promote a learner member\n": lambda ident: [
+            "member", "promote", f"{ident.member('m0').id:x}"
+        ],
+    }  # fmt: skip
+    for error, args in refused.items():
+        etcd, raftkv = _each(compat, args)
+        assert etcd == raftkv
+        assert_error(raftkv, error)

@@ -37,6 +37,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self.server = server
         self.admin = ClusterAdmin(server)
 
+    def _fill_header(self, header: rpc_pb2.ResponseHeader) -> None:
+        # etcd's Cluster service answers without a revision: membership is not MVCC state.
+        self.server.fill_header(header)
+        header.revision = 0
+
     @unary
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
@@ -48,7 +53,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             ),
             members=[member_to_pb(m) for m in members],
         )
-        self.server.fill_header(response.header)
+        self._fill_header(response.header)
         return response
 
     @unary
@@ -57,7 +62,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberRemoveResponse:
         members = await self.admin.remove_member(request.ID)
         response = rpc_pb2.MemberRemoveResponse(members=[member_to_pb(m) for m in members])
-        self.server.fill_header(response.header)
+        self._fill_header(response.header)
         return response
 
     @unary
@@ -66,7 +71,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberUpdateResponse:
         members = await self.admin.update_member(request.ID, list(request.peerURLs))
         response = rpc_pb2.MemberUpdateResponse(members=[member_to_pb(m) for m in members])
-        self.server.fill_header(response.header)
+        self._fill_header(response.header)
         return response
 
     @unary
@@ -76,9 +81,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         response = rpc_pb2.MemberListResponse(
             members=[member_to_pb(m) for m in self.server.applier.membership.sorted_members()]
         )
-        self.server.fill_header(response.header)
-        # etcd's Cluster service answers without a revision: membership is not MVCC state.
-        response.header.revision = 0
+        self._fill_header(response.header)
         return response
 
     @unary
@@ -90,7 +93,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         except NotLeaderError:
             return await self._promote_on_leader(request, context)
         response = rpc_pb2.MemberPromoteResponse(members=[member_to_pb(m) for m in members])
-        self.server.fill_header(response.header)
+        self._fill_header(response.header)
         return response
 
     async def _promote_on_leader(
