@@ -4,7 +4,8 @@ etcdctl runs the lock and election recipes in the client (over KV, Lease and Wat
 tests check that they behave on raftkv as on etcd: the same output (lease IDs in keys
 normalised, revisions aligned by the comparison harness), mutual exclusion and queue order
 between concurrent `etcdctl lock` processes (timestamps written by the commands they run), and
-release of a lock whose holder dies, also when the member it talked to is SIGKILLed.
+release of a lock whose holder dies, also when the member it talked to is SIGKILLed, and the
+end of a `hasleader` Observe stream once its member has lost the leader.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import grpc
 import pytest
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc as rpc
+from raftkv.pb.v3electionpb import v3election_pb2 as epb
+from raftkv.pb.v3electionpb import v3election_pb2_grpc as election_rpc
 from raftkv.pb.v3lockpb import v3lock_pb2 as lpb
 from raftkv.pb.v3lockpb import v3lock_pb2_grpc as lock_rpc
 
@@ -216,7 +219,7 @@ def test_a_killed_holder_loses_the_lock_when_its_lease_expires(
     assert 0.8 < waited < 2 + 3
 
 
-def test_a_lock_held_through_a_killed_follower_is_released_after_the_lease_ttl(
+def test_members_dying_under_a_lock_holder_a_waiter_and_an_observer(
     tmp_path: Path, spawn: Callable[..., Ctl]
 ) -> None:
     with start_raftkv_cluster(tmp_path) as cluster:
@@ -240,3 +243,21 @@ def test_a_lock_held_through_a_killed_follower_is_released_after_the_lease_ttl(
         assert (acquired.returncode, acquired.stdout) == (0, "acquired\n"), acquired.stderr
         assert count_keys(leader.target, b"lk/") == 0
         holder.kill()
+
+        # Then the leader dies too: an Observe asking for a leader (`hasleader`) through the
+        # last member ends with etcd's "no leader" once that member has been leaderless for a
+        # few election timeouts.
+        last = next(m for m in cluster.members if m.alive and m is not leader)
+        with grpc.insecure_channel(last.target) as channel:
+            rpc.KVStub(channel).Put(pb.PutRequest(key=b"el/x", value=b"v"))
+            stream = election_rpc.ElectionStub(channel).Observe(
+                epb.LeaderRequest(name=b"el"), metadata=(("hasleader", "true"),), timeout=20
+            )
+            assert next(stream).kv.key == b"el/x"
+            leader.kill(signal.SIGKILL)
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+        assert (ended.value.code(), ended.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "etcdserver: no leader",
+        )
