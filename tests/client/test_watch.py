@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from raftkv.client import AsyncClient, EventType, WatchBatch, WatchFilter, errors
+from raftkv.client import AsyncClient, Event, EventType, WatchBatch, WatchFilter, errors
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ async def test_a_watch_from_now_sees_later_changes_in_order(
             first = await client.put(key("a"), "1")
             await client.put(key("a"), "2")
             deleted = await client.delete(key("a"))
-            events = []
+            events: list[Event] = []
             while len(events) < 3:
                 events.extend((await next_batch(watch)).events)
 

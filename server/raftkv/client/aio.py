@@ -16,7 +16,7 @@ None means no deadline.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Unpack
 
@@ -228,7 +228,7 @@ class AsyncClient:
             range_end=end,
             start_revision=options.get("start_revision", 0),
             progress_notify=options.get("progress_notify", False),
-            filters=[int(f) for f in options.get("filters", ())],
+            filters=[f.name for f in options.get("filters", ())],
             prev_kv=options.get("prev_kv", False),
             fragment=options.get("fragment", False),
         )
@@ -333,13 +333,13 @@ class AsyncClient:
 
     async def _alarm(
         self,
-        action: int,
+        action: rpc_pb2.AlarmRequest.AlarmAction,
         member_id: int,
         alarm: AlarmType,
         retry: Retry,
         timeout: float | None,
     ) -> tuple[Alarm, ...]:
-        req = rpc_pb2.AlarmRequest(action=action, memberID=member_id, alarm=int(alarm))
+        req = rpc_pb2.AlarmRequest(action=action, memberID=member_id, alarm=alarm.name)
         resp = await self._call(lambda s: s.maintenance.Alarm, req, retry, timeout)
         return tuple(Alarm.from_pb(a) for a in resp.alarms)
 
@@ -480,7 +480,7 @@ class AsyncClient:
         resp = await self._call(lambda s: s.election.Leader, req, _IMMUTABLE, timeout)
         return KeyValue.from_pb(resp.kv)
 
-    async def observe(self, name: KeyLike) -> AsyncIterator[KeyValue]:
+    async def observe(self, name: KeyLike) -> AsyncGenerator[KeyValue, None]:
         """The leader's key-value now and after every change of leader or value.
 
         A thin stream: it ends with the error that broke it and does not resume.
@@ -613,7 +613,7 @@ class AsyncClient:
     ) -> Header:
         """Grant `role` access to `key`, or to a range (prefix, range_end, from_key)."""
         k, end = key_range(key, prefix=prefix, range_end=range_end, from_key=from_key)
-        perm = auth_pb2.Permission(permType=int(perm_type), key=k, range_end=end)
+        perm = auth_pb2.Permission(permType=perm_type.name, key=k, range_end=end)
         req = rpc_pb2.AuthRoleGrantPermissionRequest(name=role, perm=perm)
         resp = await self._call(lambda s: s.auth.RoleGrantPermission, req, _MUTABLE, timeout)
         return Header.from_pb(resp.header)

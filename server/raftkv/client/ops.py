@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Self, TypedDict, TypeVar, Unpack
+from typing import Any, Generic, Self, TypedDict, TypeVar, Unpack
 
 from raftkv.client.types import SortOrder, SortTarget, WatchFilter
 from raftkv.pb.etcdserverpb import rpc_pb2
@@ -165,8 +165,8 @@ def range_request(
         range_end=end,
         revision=revision,
         limit=limit,
-        sort_order=int(sort_order),
-        sort_target=int(sort_target),
+        sort_order=sort_order.name,
+        sort_target=sort_target.name,
         serializable=serializable,
         keys_only=keys_only,
         count_only=count_only,
@@ -266,12 +266,12 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Operand:
-    target: int
+    target: rpc_pb2.Compare.CompareTarget
     field: str
     key: bytes
     range_end: bytes
 
-    def _compare(self, result: int, other: object) -> Comparison:
+    def _compare(self, result: rpc_pb2.Compare.CompareResult, other: object) -> Comparison:
         if self.field == "value":
             operand: object = to_bytes(other)  # type: ignore[arg-type]
         elif isinstance(other, int) and not isinstance(other, bool):
@@ -306,7 +306,11 @@ class Compare:
 
     @staticmethod
     def _operand(
-        target: int, field: str, key: KeyLike, prefix: bool, range_end: KeyLike | None
+        target: rpc_pb2.Compare.CompareTarget,
+        field: str,
+        key: KeyLike,
+        prefix: bool,
+        range_end: KeyLike | None,
     ) -> _Operand:
         k, end = key_range(key, prefix=prefix, range_end=range_end)
         return _Operand(target, field, k, end)
@@ -364,11 +368,11 @@ class Txn(Generic[R]):
             self._compare.append(cmp.pb)
         return self
 
-    def then(self, *ops: Op | Txn[object]) -> Self:
+    def then(self, *ops: Op | Txn[Any]) -> Self:
         self._success.extend(_request_op(op) for op in ops)
         return self
 
-    def else_(self, *ops: Op | Txn[object]) -> Self:
+    def else_(self, *ops: Op | Txn[Any]) -> Self:
         self._failure.extend(_request_op(op) for op in ops)
         return self
 
@@ -389,7 +393,7 @@ class Txn(Generic[R]):
         return self._committer(self, timeout)
 
 
-def _request_op(op: Op | Txn[object]) -> rpc_pb2.RequestOp:
+def _request_op(op: Op | Txn[Any]) -> rpc_pb2.RequestOp:
     if isinstance(op, Op):
         return op.request
     if isinstance(op, Txn):
@@ -399,8 +403,8 @@ def _request_op(op: Op | Txn[object]) -> rpc_pb2.RequestOp:
 
 def txn(
     *comparisons: Comparison,
-    then: Iterable[Op | Txn[object]] = (),
-    else_: Iterable[Op | Txn[object]] = (),
+    then: Iterable[Op | Txn[Any]] = (),
+    else_: Iterable[Op | Txn[Any]] = (),
 ) -> Txn[None]:
     """An unbound transaction, to nest inside another transaction's branch."""
     return Txn[None]().if_(*comparisons).then(*then).else_(*else_)

@@ -72,13 +72,13 @@ def _blocking(
 ) -> Callable[Concatenate[SyncClient, P], R]:
     """The blocking twin of an `AsyncClient` coroutine method."""
 
-    @functools.wraps(method)
-    def call(self: SyncClient, *args: P.args, **kwargs: P.kwargs) -> R:
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
         async def run() -> R:
             return await method(self._client, *args, **kwargs)
 
         return self._runner.run(run())
 
+    functools.update_wrapper(call, method)
     return call
 
 

@@ -165,7 +165,9 @@ class Transport:
         self.endpoints = parse_endpoints(endpoints, tls=tls is not None)
         self.timeout = timeout
         self.dial_timeout = dial_timeout
-        self._credentials = (username, password) if username is not None else None
+        self._credentials = (
+            (username, password) if username is not None and password is not None else None
+        )
         self._tls = tls or TLSConfig()
         self._options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", -1),
