@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
 from raftkv.lease import NO_LEASE, LeaseExistsError
-from raftkv.node.raft_node import RequestIDs
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.mvccpb.kv_pb2 import Event
@@ -168,7 +168,7 @@ class Recipes:
 
     def __init__(self, server: MemberServer) -> None:
         self.server = server
-        self._ids = RequestIDs(server.member_id)
+        self._random = random.Random()
         self._background: set[asyncio.Task[Any]] = set()
 
     async def get(self, request: pb.RangeRequest) -> pb.RangeResponse:
@@ -197,7 +197,7 @@ class Recipes:
             return lease
         lessor = self.server.applier.lessor
         while True:
-            lease_id = self._ids.next() & _INT63
+            lease_id = self._new_lease_id()
             if lease_id == NO_LEASE or lease_id in lessor:
                 continue
             grant = pb.LeaseGrantRequest(TTL=DEFAULT_SESSION_TTL, ID=lease_id)
@@ -207,6 +207,12 @@ class Recipes:
                 continue
             granted: int = response.ID
             return granted
+
+    def _new_lease_id(self) -> int:
+        """etcd's shape (the member's 16 ID bits, then 48 more), with random low bits so the IDs
+        stay apart from the sequential ones the Lease service hands out."""
+        prefix = (self.server.member_id & 0xFFFF) << 48
+        return (prefix | self._random.getrandbits(48)) & _INT63
 
     async def wait_deletes(
         self, prefix: bytes, own_key: bytes, own_revision: int

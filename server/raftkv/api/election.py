@@ -126,11 +126,11 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     async def Observe(self, request: epb.LeaderRequest, context: grpc.aio.ServicerContext) -> None:
         needs_leader = requires_leader(context)
-        try:
-            if needs_leader:
+        if needs_leader:
+            try:
                 self.server.node.require_leader()
-        except NoLeaderError as error:
-            await abort_with(context, error)
+            except NoLeaderError as error:
+                await abort_with(context, error)
         sender = asyncio.create_task(self._send_changes(request.name + b"/", context))
         tasks = [sender]
         if needs_leader:
@@ -182,20 +182,24 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                 else:
                     header, leader = await self._first_put(prefix, found.header.revision + 1)
                 yield epb.LeaderResponse(header=header, kv=leader)
-                with InternalWatch(self.server.watchable) as watch:
-                    watch.add(leader.key, start_revision=header.revision + 1)
-                    while True:
-                        response = await watch.next()
-                        self._fill(response.header)
-                        for event in response.events:
-                            if event.type == Event.DELETE:
-                                break
-                            yield epb.LeaderResponse(header=response.header, kv=event.kv)
-                        else:
-                            continue
-                        break
+                updates = self._updates(leader.key, header.revision + 1)
+                async with contextlib.aclosing(updates):
+                    async for update in updates:
+                        yield update
             except WatchCompacted:
                 continue  # read the leader again
+
+    async def _updates(self, key: bytes, start_revision: int) -> AsyncIterator[epb.LeaderResponse]:
+        """The leader key's new values from `start_revision` on, until it is deleted."""
+        with InternalWatch(self.server.watchable) as watch:
+            watch.add(key, start_revision=start_revision)
+            while True:
+                response = await watch.next()
+                self._fill(response.header)
+                for event in response.events:
+                    if event.type == Event.DELETE:
+                        return
+                    yield epb.LeaderResponse(header=response.header, kv=event.kv)
 
     async def _first_put(
         self, prefix: bytes, start_revision: int
