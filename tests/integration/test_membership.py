@@ -27,10 +27,11 @@ from tests.membership.support import (
     member_ids,
     start_joining_member,
     statuses,
+    wait_exit,
     wait_for,
 )
 from tests.support.etcd import etcd_installed, etcdctl, free_port
-from tests.support.raftkv import RaftKVMember, start_raftkv_cluster, wait_serving
+from tests.support.raftkv import RaftKVCluster, RaftKVMember, start_raftkv_cluster
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,17 +75,14 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
         # now can only catch up from a snapshot.
         for member in cluster.members:
             member.kill(signal.SIGTERM)
-        for member in cluster.members:
-            member.start()
-        for member in cluster.members:
-            wait_serving(member)
+            cluster.restart(member)
         endpoints = cluster.endpoints
         cluster_id = statuses(endpoints)[0]["Status"]["header"]["cluster_id"]
 
         peer_url = f"http://127.0.0.1:{free_port()}"
         added = ctl_ok(endpoints, "member", "add", "m3", "--learner", f"--peer-urls={peer_url}")
         match = re.fullmatch(
-            r"Member ([0-9a-f]+) added to cluster ([0-9a-f]+)\n\n"
+            r"Member +([0-9a-f]+) added to cluster +([0-9a-f]+)\n\n"
             r'ETCD_NAME="m3"\nETCD_INITIAL_CLUSTER="(.*)"\n'
             r'ETCD_INITIAL_ADVERTISE_PEER_URLS="(.*)"\nETCD_INITIAL_CLUSTER_STATE="existing"\n',
             added,
@@ -129,7 +127,7 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
 
         # Caught up: promotion through a follower's endpoint is forwarded to the leader.
         assert ctl_ok(follower.client_url, "member", "promote", f"{learner_id:x}") == (
-            f"Member {learner_id:x} promoted in cluster {cluster_id:x}\n"
+            f"Member {learner_id:16x} promoted in cluster {cluster_id:16x}\n"
         )
         listed = ctl_ok(endpoints, "member", "list")
         assert f"{learner_id:x}, started, m3, {peer_url}, {learner.client_url}, false" in listed
@@ -156,3 +154,110 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
         assert ctl_error(live, "member", "remove", f"{learner_id:x}") == (
             "Error: etcdserver: unhealthy cluster"
         )
+
+
+def data_files(data_dir: Path) -> dict[str, bytes]:
+    files = (p for p in data_dir.rglob("*") if p.is_file())
+    return {str(p.relative_to(data_dir)): p.read_bytes() for p in files}
+
+
+def refuse_foreign_data_dir(tmp_path: Path, cluster: RaftKVCluster) -> None:
+    """A member of another cluster pointed at `cluster` with its old data dir is refused."""
+    with start_raftkv_cluster(tmp_path / "other", size=1) as other:
+        stranger = other.members[0]
+        stranger.kill(signal.SIGTERM)
+        before = data_files(stranger.data_dir)
+        target = cluster.members[0]
+        args = [a for a in stranger.args if not a.startswith("--initial-cluster")]
+        stranger.args = [
+            *args,
+            f"--initial-cluster={stranger.name}={stranger.peer_url},"
+            f"{target.name}x={target.peer_url}",
+            "--initial-cluster-state=existing",
+        ]
+        stranger.start()
+        assert wait_exit(stranger) != 0
+        log = stranger.log_path.read_text()
+        assert "belongs to cluster" in log and "refusing to start" in log, log[-2000:]
+        assert data_files(stranger.data_dir) == before
+
+
+def test_leadership_moves_members_are_updated_and_removed_leader_included(
+    tmp_path: Path,
+) -> None:
+    with start_raftkv_cluster(tmp_path, size=3) as cluster:
+        refuse_foreign_data_dir(tmp_path, cluster)
+        endpoints = cluster.endpoints
+        by_id = {m.status().header.member_id: m for m in cluster.members}
+        cluster_id = statuses(endpoints)[0]["Status"]["header"]["cluster_id"]
+        old_leader = leader_of(endpoints)
+        new_leader = next(i for i in by_id if i != old_leader)
+        third = next(i for i in by_id if i not in (old_leader, new_leader))
+
+        # Leadership moves only on the leader and only to a voter.
+        follower_only = by_id[third].client_url
+        assert ctl_error(follower_only, "move-leader", f"{new_leader:x}") == (
+            f"Error: no leader endpoint given at [{follower_only}]"
+        )
+        with (
+            grpc.insecure_channel(by_id[third].target) as channel,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            rpc_pb2_grpc.MaintenanceStub(channel).MoveLeader(
+                rpc_pb2.MoveLeaderRequest(targetID=new_leader), timeout=5
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details() == "etcdserver: not leader"
+        assert ctl_error(endpoints, "move-leader", "1234") == (
+            "Error: etcdserver: bad leader transferee"
+        )
+        assert ctl_ok(endpoints, "move-leader", f"{new_leader:x}") == (
+            f"Leadership transferred from {old_leader:x} to {new_leader:x}\n"
+        )
+        assert {s["Status"]["leader"] for s in statuses(endpoints)} == {new_leader}
+
+        # Peer URLs change in place; another member's URLs cannot be taken.
+        moved = by_id[third]
+        extra = f"http://127.0.0.1:{free_port()}"
+        assert (
+            ctl_ok(
+                endpoints, "member", "update", f"{third:x}", f"--peer-urls={moved.peer_url},{extra}"
+            )
+            == f"Member {third:16x} updated in cluster {cluster_id:16x}\n"
+        )
+        listing = json.loads(ctl_ok(endpoints, "member", "list", "-w", "json"))["members"]
+        (entry,) = [m for m in listing if m["ID"] == third]
+        assert entry["peerURLs"] == sorted([moved.peer_url, extra])
+        taken = f"--peer-urls={by_id[new_leader].peer_url}"
+        assert ctl_error(endpoints, "member", "update", f"{third:x}", taken) == (
+            "Error: etcdserver: Peer URLs already exists"
+        )
+        assert ctl_error(endpoints, "member", "update", "1234", f"--peer-urls={extra}") == (
+            "Error: etcdserver: member not found"
+        )
+        ctl_ok(endpoints, "member", "update", f"{third:x}", f"--peer-urls={moved.peer_url}")
+
+        # A removed follower stops by itself and never comes back with its data dir.
+        removed = by_id[old_leader]
+        assert ctl_ok(endpoints, "member", "remove", f"{old_leader:x}") == (
+            f"Member {old_leader:16x} removed from cluster {cluster_id:16x}\n"
+        )
+        assert wait_exit(removed) != 0
+        assert "has been removed from cluster" in removed.log_path.read_text()
+        assert ctl_error(endpoints, "member", "remove", f"{old_leader:x}") == (
+            "Error: etcdserver: member not found"
+        )
+        removed.start()
+        assert wait_exit(removed) != 0
+        assert "has already been removed from the cluster" in removed.log_tail(5)
+
+        # Removing the leader: it hands over, stops, and writes go on with the last member.
+        leader = by_id[new_leader]
+        last = by_id[third]
+        assert ctl_ok(last.client_url, "member", "remove", f"{new_leader:x}") == (
+            f"Member {new_leader:16x} removed from cluster {cluster_id:16x}\n"
+        )
+        assert wait_exit(leader) != 0
+        ctl_ok(last.client_url, "put", "after", "removals")
+        assert leader_of(last.client_url) == third
+        assert list(member_ids(last.client_url).values()) == [third]

@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 # How long a joining member keeps asking the other members for the member list.
 JOIN_TIMEOUT = 10.0
-# A removed member keeps running this long so its last messages (a leader's hand-over) go out.
+# A removed member keeps running this long so its last messages (a leader's hand-over) go out,
+# and the others keep their stream to it as long, so it hears that its removal committed.
 REMOVED_STOP_DELAY = 1.0
 
 
@@ -321,7 +322,10 @@ class MemberServer:
         if members == self._known_peers:
             return
         for member_id in self._known_peers.keys() - members.keys():
-            self.transport.remove_peer(member_id)
+            # Not at once: the messages queued for it carry the commit of its own removal.
+            asyncio.get_running_loop().call_later(
+                REMOVED_STOP_DELAY, self.transport.remove_peer, member_id
+            )
         for member_id, urls in members.items():
             if member_id not in self._known_peers:
                 self.transport.add_peer(member_id, list(urls))
