@@ -18,11 +18,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from raftkv.api.http.router import TEXT, Handler, HttpRouter, Request, Response
 
 HEALTH_READ_TIMEOUT_S = 1.0
+# The text format every Prometheus version reads, and what etcd sends.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEALTHY = Response(200, b'{"health":"true"}', TEXT)
 
 
@@ -75,7 +77,7 @@ def health_handler(source: HealthSource, on_result: Callable[[bool], None]) -> H
 
 def metrics_handler(registry: CollectorRegistry) -> Handler:
     async def metrics(request: Request) -> Response:
-        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+        return Response(200, generate_latest(registry), METRICS_CONTENT_TYPE)
 
     return metrics
 
