@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,operator]'
 	touch $(STAMP)
 
-# Debian's etcd 3.4 (the reference implementation the comparison tests run against).
+# Debian's etcd 3.4 (the reference implementation the comparison tests run against) and
+# Prometheus (prometheus and promtool: dashboards are checked against a real scrape, alert rules
+# with `promtool test rules`).
 system-deps:
 	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
 	  echo "installing etcd-server and etcd-client from Debian"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server etcd-client; \
+	fi
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing prometheus from Debian"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
 run: $(STAMP)
