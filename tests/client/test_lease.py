@@ -80,6 +80,19 @@ async def test_lost_is_set_when_the_lease_is_revoked_elsewhere(
                 pass
 
 
+async def test_closing_the_client_stops_its_watches_and_keep_alives(
+    client_for: ClientFor, key: Key
+) -> None:
+    client = client_for()
+    watch = await client.watch(key("k")).start()
+    lease = await client.lease(5).start()
+    await client.close()
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("raftkv-")]
+    assert [batch async for batch in watch] == []
+    assert lease.lost.is_set()
+    assert leftover == []
+
+
 async def test_lost_is_set_when_the_lease_cannot_be_renewed_before_expiry(
     tmp_path: Path,
 ) -> None:

@@ -4,11 +4,12 @@ Sessions, locks and elections all hang off a lease, and they are only safe if th
 when the lease may be gone. So a `Lease` tracks the latest moment it is *sure* the lease still
 exists: each renewal moves that moment to `send time + granted TTL`, measured from when the
 request left the client (the server's countdown started later, so this errs on the early side).
-`lost` is set when that moment passes without a renewal, or when the server answers a renewal with
-TTL 0 (revoked or expired). Renewals run every TTL/3 like etcd's client, over a keep-alive stream
-that moves to another endpoint when its member fails; the whole loop runs under an
-`asyncio.timeout_at` that each renewal pushes forward, so no code path can outlive the lease
-without noticing.
+`lost` is set when that moment passes without a renewal, when the server answers a renewal with
+TTL 0 (revoked or expired), or when the client closes while the lease is still being renewed.
+
+Renewals run every TTL/3 like etcd's client, over a keep-alive stream that moves to another
+endpoint when its member fails; the whole loop runs under an `asyncio.timeout_at` that each
+renewal pushes forward, so no code path can outlive the lease without noticing.
 
 Closing a lease normally (leaving `async with`) revokes it, which deletes its keys at once.
 """
@@ -66,6 +67,7 @@ async def keep_alive_once(
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
+            transport.mark_failed(endpoint)
             continue
         if resp.TTL <= 0:
             raise errors.LeaseNotFoundError()
@@ -124,6 +126,7 @@ class Lease:
             self.ttl = renewed.ttl
         self._expires_at = sent + self.ttl
         self._task = loop.create_task(self._keep_alive(), name=f"raftkv-lease-{self.id:x}")
+        self._transport.track(self)
         return self
 
     async def close(self) -> None:
@@ -131,6 +134,14 @@ class Lease:
         await self._stop()
         if self._revoke_on_close and not self.lost.is_set():
             await self.revoke()
+
+    async def shutdown(self) -> None:
+        """The client is closing: stop renewing without revoking. Nobody keeps the lease alive
+        any more, so it counts as lost; the server expires it after its TTL."""
+        running = self._task is not None and not self._task.done()
+        await self._stop()
+        if running:
+            self.lost.set()
 
     async def revoke(self) -> None:
         """Stop renewing and revoke the lease now (its keys are deleted); idempotent."""

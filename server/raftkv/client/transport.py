@@ -26,10 +26,11 @@ import enum
 import itertools
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -126,6 +127,13 @@ class Stubs:
         self.election = v3election_pb2_grpc.ElectionStub(channel)
 
 
+class Background(Protocol):
+    """A live object with a background task on this transport (a watch, a kept-alive lease)."""
+
+    async def shutdown(self) -> None:
+        """Stop the background task because the client is closing."""
+
+
 class Retry(enum.Enum):
     """Whether a call may be repeated after an UNAVAILABLE failure (see the module docstring)."""
 
@@ -190,6 +198,7 @@ class Transport:
         self._token: str | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._closed = False
+        self._background: weakref.WeakSet[Background] = weakref.WeakSet()
 
     # -- channels and endpoint choice ------------------------------------------------------------
 
@@ -396,7 +405,14 @@ class Transport:
             attempt += 1
             await self.backoff(attempt, deadline)
 
+    def track(self, obj: Background) -> None:
+        """Shut `obj` down when the transport closes (held weakly)."""
+        self._background.add(obj)
+
     async def close(self) -> None:
+        """Stop watches and keep-alives, then close every channel."""
+        for obj in list(self._background):
+            await obj.shutdown()
         self._closed = True
         channels, self._channels = self._channels, {}
         self._stubs.clear()

@@ -85,6 +85,7 @@ class Watch:
         """Start the watch and wait until the server has created it (at most `timeout`)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="raftkv-watch")
+            self._transport.track(self)
         created = asyncio.ensure_future(self._created.wait())
         try:
             done, _ = await asyncio.wait(
@@ -111,6 +112,10 @@ class Watch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._queue.put_nowait(None)
+
+    async def shutdown(self) -> None:
+        """The client is closing: same as `cancel()`."""
+        await self.cancel()
 
     async def request_progress(self) -> None:
         """Ask for a progress notification (an empty batch carrying the current revision)."""
