@@ -121,7 +121,7 @@ class Watch:
         """Ask for a progress notification (an empty batch carrying the current revision)."""
         call = self._call
         if call is None:
-            return  # reconnecting: the new stream will report progress with its events
+            return  # between streams: there is no server to ask until the watch resumes
         request = rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
         # A stream that just ended is being replaced; the request is moot then.
         with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
