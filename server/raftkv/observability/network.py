@@ -53,30 +53,40 @@ class PeerTrafficMetrics:
             buckets=PEER_RTT_BUCKETS,
             registry=registry,
         )
+        self._metrics: tuple[Counter | Histogram, ...] = (
+            self._sent,
+            self._received,
+            self._failures,
+            self._rtt,
+        )
         self._children: dict[tuple[int, int], Any] = {}
 
-    def _child(self, metric: Counter | Histogram, slot: int, member_id: int) -> Any:
-        key = (slot, member_id)
-        child = self._children.get(key)
+    def _child(self, slot: int, member_id: int) -> Any:
+        child = self._children.get((slot, member_id))
         if child is None:
-            child = self._children[key] = metric.labels(member_hex(member_id))
+            # All four series of a new peer appear together, failures at zero included, so
+            # rates over them are defined before the first failure.
+            label = member_hex(member_id)
+            for i, metric in enumerate(self._metrics):
+                self._children[(i, member_id)] = metric.labels(label)
+            child = self._children[(slot, member_id)]
         return child
 
     def bytes_sent(self, member_id: int, n: int) -> None:
-        self._child(self._sent, 0, member_id).inc(n)
+        self._child(0, member_id).inc(n)
 
     def bytes_received(self, member_id: int, n: int) -> None:
-        self._child(self._received, 1, member_id).inc(n)
+        self._child(1, member_id).inc(n)
 
     def send_failed(self, member_id: int, messages: int) -> None:
-        self._child(self._failures, 2, member_id).inc(messages)
+        self._child(2, member_id).inc(messages)
 
     def observe_rtt(self, member_id: int, seconds: float) -> None:
-        self._child(self._rtt, 3, member_id).observe(seconds)
+        self._child(3, member_id).observe(seconds)
 
     def forget(self, member_id: int) -> None:
         """Stop reporting a removed member (its series disappear at the next scrape)."""
-        for slot, metric in enumerate((self._sent, self._received, self._failures, self._rtt)):
+        for slot, metric in enumerate(self._metrics):
             if self._children.pop((slot, member_id), None) is not None:
                 metric.remove(member_hex(member_id))
 
