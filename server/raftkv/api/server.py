@@ -31,6 +31,7 @@ from raftkv.node.errors import DataDirError
 from raftkv.node.server import MemberServer
 from raftkv.observability.grpc_server import GrpcServerMetrics
 from raftkv.observability.metrics import CLUSTER_VERSION, SERVER_VERSION, ServerMetrics
+from raftkv.observability.tracing import TracingConfigError, configure_from_env
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc
 from raftkv.pb.v3electionpb import v3election_pb2_grpc
 from raftkv.pb.v3lockpb import v3lock_pb2_grpc
@@ -113,11 +114,16 @@ async def serve(config: ServerConfig) -> None:
     disable_created_metrics()
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
-    member = MemberServer(config, metrics=metrics)
+    # None (and no tracing code on any path) unless OTEL_TRACES_EXPORTER names an exporter.
+    tracing = configure_from_env(config.name)
+    member = MemberServer(config, metrics=metrics, tracing=tracing)
     await member.start()
     grpc_target, grpc_address = internal_grpc_address()
     grpc_metrics = GrpcServerMetrics(registry, instrument.grpc_services())
-    grpc_server = build_grpc_server(member, grpc_target, [grpc_metrics])
+    interceptors: list[grpc.aio.ServerInterceptor] = [grpc_metrics]
+    if tracing is not None:
+        interceptors.insert(0, tracing.server_interceptor())
+    grpc_server = build_grpc_server(member, grpc_target, interceptors)
     await grpc_server.start()
     router = _health_router(member, registry, metrics, version=True)
     front = ClientPortFront(router, grpc_address, max_body_bytes=http_body_limit(config))
@@ -146,6 +152,8 @@ async def serve(config: ServerConfig) -> None:
     await grpc_server.stop(grace=1.0)
     await front.close()
     await member.stop()
+    if tracing is not None:
+        await asyncio.to_thread(tracing.shutdown)  # export the spans still buffered
     if stopped_by_failure.done():
         raise SystemExit(1)
 
@@ -158,7 +166,7 @@ async def _wait_member_failure(member: MemberServer) -> None:
 def run(config: ServerConfig) -> int:
     try:
         asyncio.run(serve(config))
-    except DataDirError as error:
+    except (DataDirError, TracingConfigError) as error:
         log.error("%s", error)
         return 1
     return 0

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -30,7 +31,7 @@ from raftkv.api.handlers import abort_with, requires_leader
 from raftkv.node.errors import NoLeaderError
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from raftkv.watch import WatchStream, split_fragments
+from raftkv.watch import Outgoing, WatchStream, split_fragments
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,27 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 revision = response.header.revision
                 self.server.fill_header(response.header, revision)
                 response.header.revision = revision
-                if item.fragment:
-                    for piece in split_fragments(response, self.max_response_bytes):
-                        await context.write(piece)
-                else:
-                    await context.write(response)
+                with self._send_span(item):
+                    if item.fragment:
+                        for piece in split_fragments(response, self.max_response_bytes):
+                            await context.write(piece)
+                    else:
+                        await context.write(response)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._leader_bound.discard(stream)
             stream.close()
+
+    def _send_span(self, item: Outgoing) -> contextlib.AbstractContextManager[Any]:
+        """A watch.send span (under the write's watch.notify) for a traced write's events."""
+        if item.trace is None:  # set only when the member traces
+            return contextlib.nullcontext()
+        tracing = self.server.tracing
+        assert tracing is not None
+        attributes = {"watch.id": item.response.watch_id, "watch.events": len(item.response.events)}
+        return tracing.span_under(item.trace, "watch.send", attributes)
 
     async def _read_requests(self, context: grpc.aio.ServicerContext, stream: WatchStream) -> None:
         """Apply the client's requests until it half-closes (the stream then stays open for

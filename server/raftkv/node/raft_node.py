@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raftkv.apply.applier import Applier
 from raftkv.membership import Member
@@ -36,6 +36,9 @@ from raftkv.pb.serverpb import internal_pb2 as serverpb
 from raftkv.raft import MemoryStorage, ProposalDroppedError, RawNode, StateType
 from raftkv.storage.snapshotter import Snapshotter
 from raftkv.storage.wal import GroupCommitWAL
+
+if TYPE_CHECKING:
+    from raftkv.node.raft_tracing import RaftTracer
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +87,12 @@ class RaftNode:
         snapshot_index: int,
         request_timeout: float,
         metrics: ServerMetrics | None = None,
+        tracer: RaftTracer | None = None,
     ) -> None:
         self.member_id = member_id
         self._metrics = metrics
+        # None when tracing is off: every hook below is skipped after one test.
+        self._tracer = tracer
         self.rawnode = rawnode
         self.storage = storage
         self.wal = wal
@@ -158,6 +164,8 @@ class RaftNode:
 
     def step(self, messages: list[raftpb.Message]) -> None:
         """Messages from peers (the transport calls this on the loop thread)."""
+        if self._tracer is not None:
+            self._tracer.received(messages)
         for message in messages:
             try:
                 self.rawnode.step(message)
@@ -188,6 +196,12 @@ class RaftNode:
 
         Raises the domain error the apply produced, or RequestTimeoutError.
         """
+        if self._tracer is not None:
+            with self._tracer.proposing(request):
+                return await self._propose(request)
+        return await self._propose(request)
+
+    async def _propose(self, request: serverpb.InternalRequest) -> Any:
         request_id = self._ids.next()
         request.header.id = request_id
         data = request.SerializeToString()
@@ -346,12 +360,18 @@ class RaftNode:
             raise
 
     async def _handle_ready(self, ready: Any) -> None:
+        tracer = self._tracer
         if ready.soft_state is not None:
             self._on_soft_state(ready.soft_state)
+        if tracer is not None:
+            tracer.persisting(ready, self.is_leader)
         if ready.snapshot is not None and ready.snapshot.metadata.index > 0:
             await self._install_snapshot(ready.snapshot)
         if ready.hard_state is not None or ready.entries:
             await self.wal.save(ready.hard_state, ready.entries, sync=ready.must_sync)
+            if tracer is not None:
+                fsync = self.wal.wal.last_fsync_seconds if ready.must_sync else None
+                tracer.persisted(len(ready.entries), fsync)
         if ready.entries:
             self.storage.append(ready.entries)
         if ready.hard_state is not None:
@@ -359,6 +379,8 @@ class RaftNode:
             self.term = ready.hard_state.term
             self.committed_index = max(self.committed_index, ready.hard_state.commit)
         if ready.messages:
+            if tracer is not None:
+                tracer.sending(ready.messages)
             self._send(ready.messages)
         for read_state in ready.read_states:
             future = self._read_states.get(read_state.request_ctx)
@@ -381,6 +403,7 @@ class RaftNode:
             listener(change)
 
     def _apply(self, entries: list[raftpb.Entry]) -> None:
+        tracer = self._tracer
         for entry in entries:
             if entry.index <= self.applied_index:
                 # Already in the backend (consistent index), but Raft's own configuration is
@@ -390,8 +413,12 @@ class RaftNode:
                 continue
             if entry.type == raftpb.ENTRY_CONF_CHANGE:
                 self._apply_conf_change(entry)
-            else:
+            elif tracer is None:
                 request_id, result = self.applier.apply_normal(entry)
+                self._resolve(request_id, result)
+            else:
+                with tracer.applying(entry.index):
+                    request_id, result = self.applier.apply_normal(entry)
                 self._resolve(request_id, result)
             self.applied_index = entry.index
         started = time.perf_counter()

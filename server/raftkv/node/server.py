@@ -48,8 +48,10 @@ from raftkv.node.errors import (
 )
 from raftkv.node.quota import BackendQuota
 from raftkv.node.raft_node import LeaderChange, RaftNode
+from raftkv.node.raft_tracing import RaftTracer
 from raftkv.observability.metrics import ServerMetrics
 from raftkv.observability.network import HeartbeatMonitor, probe_peers_forever
+from raftkv.observability.tracing import Tracing
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.raftpb import raft_pb2 as raftpb
 from raftkv.pb.raftpb.peer_pb2 import MembersResponse
@@ -72,9 +74,15 @@ REMOVED_STOP_DELAY = 1.0
 class MemberServer:
     """What the API layer talks to: proposals, reads, and the identity for response headers."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics
+        self.tracing = tracing
         self._heartbeats: HeartbeatMonitor | None = None
         self._prober: asyncio.Task[None] | None = None
         member_dir = Path(config.data_dir) / "member"
@@ -109,7 +117,7 @@ class MemberServer:
             self.snap_dir / "db", max_txn_ops=self.config.max_txn_ops, lessor=lessor
         )
         # Watchers follow the store's writes and resync when a snapshot replaces the store.
-        self.watchable = WatchableStore(self.applier.store)
+        self.watchable = WatchableStore(self.applier.store, tracing=self.tracing)
         self.applier.add_restore_listener(lambda: self.watchable.restore(self.applier.store))
         if WAL.exists(self.wal_dir):
             rawnode, storage, wal, snapshot_index = self._restart()
@@ -134,6 +142,7 @@ class MemberServer:
             snapshot_index=snapshot_index,
             request_timeout=self.request_timeout,
             metrics=metrics,
+            tracer=RaftTracer(self.tracing, self.member_id) if self.tracing else None,
         )
         self.quota = BackendQuota(
             self.config.effective_quota_backend_bytes,
@@ -305,7 +314,13 @@ class MemberServer:
 
     async def _propose_for_keeper(self, request: serverpb.InternalRequest) -> Any:
         """The lease keeper's proposals; a revoke it proposes is an expiry."""
-        response = await self.propose(request)
+        if self.tracing is not None and request.HasField("lease_revoke"):
+            # An expiry starts a trace of its own: its proposal, replication and apply.
+            attributes = {"raftkv.lease_id": request.lease_revoke.ID}
+            with self.tracing.span("lease.expire", attributes):
+                response = await self.propose(request)
+        else:
+            response = await self.propose(request)
         if self.metrics is not None and request.HasField("lease_revoke"):
             self.metrics.lease_expired()
         return response

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.watch.watcher import FROM_KEY, Watcher
@@ -47,6 +47,8 @@ class Outgoing:
     # The watcher asked for large responses to be split into fragments.
     fragment: bool
     size: int
+    # The span context of the traced write's watch.notify, when there is one.
+    trace: Any = None
 
 
 def _response(revision: int, **fields: object) -> rpc_pb2.WatchResponse:
@@ -142,11 +144,12 @@ class WatchStream:
             or self._pending_bytes >= self._max_pending_bytes
         )
 
-    def push(self, response: rpc_pb2.WatchResponse, fragment: bool) -> bool:
-        """Queue an event or progress response; False (nothing queued) if the queue is full."""
+    def push(self, response: rpc_pb2.WatchResponse, fragment: bool, trace: Any = None) -> bool:
+        """Queue an event or progress response; False (nothing queued) if the queue is full.
+        `trace` is passed on opaquely to the sender (`Outgoing.trace`)."""
         if self.full:
             return False
-        self._append(Outgoing(response, fragment, response.ByteSize()))
+        self._append(Outgoing(response, fragment, response.ByteSize(), trace))
         return True
 
     def push_control(self, response: rpc_pb2.WatchResponse) -> None:

@@ -29,12 +29,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.mvccpb.kv_pb2 import Event, KeyValue
 from raftkv.watch.stream import MAX_PENDING_BYTES, MAX_PENDING_RESPONSES, WatchStream
 from raftkv.watch.watcher import FROM_KEY, State, Watcher, WatcherGroup
+
+if TYPE_CHECKING:
+    from raftkv.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,10 @@ class WatchableStore:
         window_revisions: int = WINDOW_REVISIONS,
         window_events: int = WINDOW_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing
         self._progress_interval = progress_interval
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
@@ -194,6 +199,14 @@ class WatchableStore:
                     batches.setdefault(watcher, []).append(event)
         if not batches:
             return
+        # Under a traced write's apply span: one span for the fan-out, whose context rides with
+        # each response to the stream that sends it (watch.send).
+        span = None
+        if self._tracing is not None:
+            span = self._tracing.child_span(
+                "watch.notify", {"watch.revision": revision, "watch.watchers": len(batches)}
+            )
+        trace = span.get_span_context() if span is not None else None
         without_prev: dict[int, Event] = {}
         for watcher, batch in batches.items():
             if not watcher.prev_kv:
@@ -201,13 +214,15 @@ class WatchableStore:
             response = rpc_pb2.WatchResponse(
                 header=rpc_pb2.ResponseHeader(revision=revision), watch_id=watcher.id, events=batch
             )
-            if watcher.stream.push(response, watcher.fragment):
+            if watcher.stream.push(response, watcher.fragment, trace):
                 watcher.progress_due = False
             else:
                 # A slow reader: drop the batch, catch up from history once it has read.
                 self._synced.remove(watcher)
                 watcher.next_rev = revision
                 self._make_unsynced(watcher)
+        if span is not None:
+            span.end()
 
     def _make_unsynced(self, watcher: Watcher) -> None:
         watcher.state = State.UNSYNCED
