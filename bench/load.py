@@ -197,6 +197,14 @@ def put_txn(keys: Sequence[bytes], value: bytes) -> rpc_pb2.TxnRequest:
     )
 
 
+class LoadFailed(Exception):
+    """A bulk load stopped on an RPC error after `written` keys were acknowledged."""
+
+    def __init__(self, written: int, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"after {written} keys: {error.code().name}: {error.details()}")
+        self.written = written
+
+
 async def load_keys(
     client: Client,
     prefix: bytes,
@@ -210,16 +218,18 @@ async def load_keys(
 
     Stops early at `deadline` (a time.perf_counter() value); returns how many keys were
     written. Bulk loading through Txns keeps the time spent loading small for both systems.
+    The first failed Txn stops every worker and raises `LoadFailed` (or `Unsupported`).
     """
     batches = [
         range(first, min(first + MAX_TXN_OPS, stop)) for first in range(start, stop, MAX_TXN_OPS)
     ]
     written = 0
     next_batch = 0
+    failure: grpc.aio.AioRpcError | None = None
 
     async def worker(i: int) -> None:
-        nonlocal written, next_batch
-        while next_batch < len(batches):
+        nonlocal written, next_batch, failure
+        while next_batch < len(batches) and failure is None:
             if deadline is not None and time.perf_counter() > deadline:
                 return
             batch = batches[next_batch]
@@ -229,8 +239,11 @@ async def load_keys(
                 await client.kv(i).Txn(put_txn(keys, value), timeout=RPC_TIMEOUT_S * 3)
             except grpc.aio.AioRpcError as error:
                 check_unimplemented(error)
-                raise
+                failure = failure or error
+                return
             written += len(keys)
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    if failure is not None:
+        raise LoadFailed(written, failure)
     return written

@@ -31,6 +31,7 @@ from bench.clusters import Cluster, Member, wait_serving
 from bench.load import (
     RPC_TIMEOUT_S,
     Client,
+    LoadFailed,
     LoadResult,
     check_unimplemented,
     closed_loop,
@@ -407,6 +408,15 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _count_label(n: int) -> str:
+    """1000000 -> '1M', 100000 -> '100k'."""
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
 async def memory(cluster: Cluster, profile: Profile) -> list[Metric]:
     """RSS of each member after loading N keys (256-byte values) through 128-put Txns.
 
@@ -421,9 +431,16 @@ async def memory(cluster: Cluster, profile: Profile) -> list[Metric]:
     loaded = 0
     async with Client(cluster.targets) as client:
         for stage in profile.memory_keys:
-            label = f"{stage // 1000}k keys"
+            label = _count_label(stage) + " keys"
             started, before = time.perf_counter(), loaded
-            loaded += await load_keys(client, prefix, loaded, stage, value, deadline=deadline)
+            try:
+                loaded += await load_keys(client, prefix, loaded, stage, value, deadline=deadline)
+            except LoadFailed as failure:
+                # Keep what the earlier stages measured; say where this one stopped.
+                metrics.append(
+                    Metric(f"{label}: not reached", f"load failed {failure}".replace("|", "/"))
+                )
+                break
             if loaded < stage:
                 metrics.append(
                     Metric(

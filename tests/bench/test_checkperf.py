@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.checkperf import parse_check_perf
+from bench.checkperf import interpret, parse_check_perf
+from bench.load import Unsupported
 from bench.results import Better
 
 DATA = Path(__file__).parent / "data"
@@ -72,3 +73,18 @@ def test_metrics_are_in_milliseconds_with_directions() -> None:
 def test_output_without_a_result_is_rejected() -> None:
     with pytest.raises(ValueError, match="no check perf result"):
         parse_check_perf('Error: prefix "/etcdctl-check-perf/" has keys.\n')
+
+
+def test_failed_cleanup_is_told_apart_from_a_failed_start() -> None:
+    # etcdctl 3.4 exits on a failed DeleteRange after the load, before printing its verdict.
+    bar_only = (DATA / "checkperf_s_pass.txt").read_text().split("\n")[0]
+    with pytest.raises(RuntimeError, match="load ran, then the DeleteRange of the prefix failed"):
+        interpret(1, bar_only, "Error: etcdserver: request timed out\n")
+    with pytest.raises(RuntimeError, match="exited 1: Error: context deadline exceeded"):
+        interpret(1, "", "Error: context deadline exceeded\n")
+
+
+def test_unimplemented_server_is_unsupported() -> None:
+    stderr = "Error: rpc error: code = Unimplemented desc = unknown service etcdserverpb.KV\n"
+    with pytest.raises(Unsupported, match="Unimplemented"):
+        interpret(1, "", stderr)

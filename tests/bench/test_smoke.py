@@ -20,8 +20,8 @@ import pytest
 from bench.checkperf import run_check_perf
 from bench.clusters import Cluster, Kind, Member
 from bench.load import Unsupported
-from bench.workloads import QUICK, Profile, lease_keepalive, puts, reads, watch_fanout
-from tests.support.etcd import EtcdCluster, free_port
+from bench.workloads import QUICK, Profile, lease_keepalive, memory, puts, reads, watch_fanout
+from tests.support.etcd import EtcdCluster, free_port, start_etcd_cluster
 from tests.support.fixtures import require_etcd
 
 pytestmark = pytest.mark.integration
@@ -119,3 +119,14 @@ def test_check_perf_on_a_server_without_kv_is_unsupported(empty_server: str) -> 
     require_etcd()
     with pytest.raises(Unsupported):
         run_check_perf(f"http://{empty_server}", "s", slack_s=20)
+
+
+def test_memory_keeps_its_numbers_when_the_load_fails(tmp_path: Path) -> None:
+    # etcd refuses every 128-put Txn above 4 KiB: the load fails on its first batch.
+    require_etcd()
+    with start_etcd_cluster(tmp_path, max_request_bytes=4096) as etcd:
+        cluster = _on_etcd(etcd, tmp_path)
+        metrics = {m.name: m.value for m in asyncio.run(memory(cluster, TINY))}
+    assert metrics["idle RSS, largest member"] > 0
+    assert "request is too large" in str(metrics["100k keys: not reached"])
+    assert "100k keys: RSS, largest member" not in metrics
