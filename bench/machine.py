@@ -66,7 +66,7 @@ def _disk(path: Path) -> str:
         # A partition's queue attributes live on its parent disk.
         queue = block / "queue" if (block / "queue").exists() else block.resolve().parent / "queue"
         rotational = (queue / "rotational").read_text().strip()
-        text += ", rotational" if rotational == "1" else ", non-rotational"
+        text += ", reported rotational" if rotational == "1" else ", reported non-rotational"
     except OSError:
         pass
     return text

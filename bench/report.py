@@ -80,6 +80,20 @@ def _metric_rows(result: WorkloadResult) -> list[Metric]:
     return list(seen.values())
 
 
+def _cells(result: WorkloadResult, metric: Metric) -> tuple[str, str, str]:
+    """(etcd, raftkv, ratio) cells of one metric; a ratio only where a direction is good."""
+    etcd_value = result.etcd.value(metric.name) if result.etcd.status is Status.OK else None
+    raftkv_value = result.raftkv.value(metric.name) if result.raftkv.status is Status.OK else None
+    r = None
+    if (
+        metric.better is not Better.NEITHER
+        and isinstance(etcd_value, int | float)
+        and isinstance(raftkv_value, int | float)
+    ):
+        r = ratio(raftkv_value, etcd_value)
+    return _cell(result.etcd, metric.name), _cell(result.raftkv, metric.name), format_ratio(r)
+
+
 def workload_table(result: WorkloadResult) -> str:
     """The Markdown table for one workload (metric, etcd, raftkv, ratio, better)."""
     rows = _metric_rows(result)
@@ -90,21 +104,29 @@ def workload_table(result: WorkloadResult) -> str:
         "|---|---|--:|--:|--:|---|",
     ]
     for metric in rows:
-        etcd_value = result.etcd.value(metric.name) if result.etcd.status is Status.OK else None
-        raftkv_value = (
-            result.raftkv.value(metric.name) if result.raftkv.status is Status.OK else None
-        )
-        r = None
-        if (
-            metric.better is not Better.NEITHER
-            and isinstance(etcd_value, int | float)
-            and isinstance(raftkv_value, int | float)
-        ):
-            r = ratio(raftkv_value, etcd_value)
+        etcd, raftkv, r = _cells(result, metric)
         lines.append(
-            f"| {metric.name} | {metric.unit} | {_cell(result.etcd, metric.name)} "
-            f"| {_cell(result.raftkv, metric.name)} | {format_ratio(r)} | {metric.better.value} |"
+            f"| {metric.name} | {metric.unit} | {etcd} | {raftkv} | {r} | {metric.better.value} |"
         )
+    return "\n".join(lines)
+
+
+def summary_table(results: list[WorkloadResult]) -> str:
+    """One row per headline metric of every workload: the page at a glance."""
+    lines = [
+        "| workload | metric | etcd | raftkv | raftkv/etcd | better |",
+        "|---|---|--:|--:|--:|---|",
+    ]
+    for result in results:
+        rows = {m.name: m for m in _metric_rows(result)}
+        for name in result.headlines:
+            metric = rows.get(name, Metric(name, ""))
+            etcd, raftkv, r = _cells(result, metric)
+            unit = f" ({metric.unit})" if metric.unit else ""
+            lines.append(
+                f"| {result.name} | {name}{unit} | {etcd} | {raftkv} | {r} "
+                f"| {metric.better.value} |"
+            )
     return "\n".join(lines)
 
 
@@ -162,6 +184,11 @@ def render(run: Run) -> str:
         "(throughput), 1.0 means as good as etcd and 0.1 means a tenth of etcd's; where lower "
         "is better (latency, memory, CPU), 10 means ten times etcd's.",
         "",
+        *(
+            ["## Summary", "", summary_table(run.workloads), ""]
+            if any(r.headlines for r in run.workloads)
+            else []
+        ),
         "## Machine",
         "",
         "| | |",

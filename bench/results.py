@@ -60,3 +60,4 @@ class WorkloadResult:
     description: str
     etcd: Outcome
     raftkv: Outcome
+    headlines: tuple[str, ...] = ()

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 description=workload.description,
                 etcd=outcomes[Kind.ETCD],
                 raftkv=outcomes[Kind.RAFTKV],
+                headlines=workload.headlines,
             )
             run.workloads.append(result)
             _log(report.headline(result))

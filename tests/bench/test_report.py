@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from bench.report import MicroResult, Run, format_number, format_ratio, render, workload_table
+from bench.report import (
+    MicroResult,
+    Run,
+    format_number,
+    format_ratio,
+    render,
+    summary_table,
+    workload_table,
+)
 from bench.results import Better, Metric, Outcome, Status, WorkloadResult
 
 
@@ -107,3 +115,25 @@ def test_number_formats() -> None:
     assert format_number(0.0123456) == "0.0123"
     assert format_ratio(None) == "-"
     assert format_ratio(0.0456) == "0.0456x"
+
+
+def test_summary_shows_each_workloads_headlines() -> None:
+    ok = _puts(Outcome(Status.OK, [Metric("throughput", 500.0, "ops/s", Better.HIGHER)]))
+    ok.headlines = ("throughput", "p99")
+    lease = WorkloadResult(
+        "lease",
+        "Lease",
+        "Keep-alive.",
+        etcd=Outcome(Status.OK, [Metric("16 streams: throughput", 4000.0, "ops/s", Better.HIGHER)]),
+        raftkv=Outcome(Status.UNSUPPORTED, note="no Lease"),
+        headlines=("16 streams: throughput",),
+    )
+    table = summary_table([ok, lease])
+    assert "| put | throughput (ops/s) | 1,000 | 500 | 0.5x | higher |" in table
+    # raftkv did not report p99: its cell says so, and there is no ratio.
+    assert "| put | p99 (ms) | 8.00 | - | - | lower |" in table
+    assert "| lease | 16 streams: throughput (ops/s) | 4,000 | unsupported | - | higher |" in table
+    page = render(
+        Run(command="c", date="d", seconds=1, machine={}, method=[], workloads=[ok, lease])
+    )
+    assert page.index("## Summary") < page.index("## Machine")

@@ -80,9 +80,9 @@ def test_read_workload_on_real_etcd(etcd_cluster: EtcdCluster, tmp_path: Path) -
 
 def test_watch_workload_delivers_every_event(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
     metrics = {m.name: m for m in asyncio.run(watch_fanout(_on_etcd(etcd_cluster, tmp_path), TINY))}
-    assert metrics["paced 50 puts/s: events delivered"].value == 100
+    assert metrics["paced: events delivered"].value == 100
     assert metrics["burst: events delivered"].value == 100
-    assert 0 < metrics["paced 50 puts/s: delivery p50"].value < 1000
+    assert 0 < metrics["paced: delivery p50"].value < 1000
     assert metrics["burst: events/s delivered"].value > 0
 
 
