@@ -62,6 +62,19 @@ def _text(b64: str) -> str:
     return base64.b64decode(b64).decode()
 
 
+def learner_refusal(
+    member: RaftKVMember, request: rpc_pb2.PutRequest | rpc_pb2.RangeRequest
+) -> tuple[grpc.StatusCode, str] | None:
+    with grpc.insecure_channel(member.target) as channel:
+        kv = rpc_pb2_grpc.KVStub(channel)
+        method = kv.Put if isinstance(request, rpc_pb2.PutRequest) else kv.Range
+        try:
+            method(request, timeout=5)
+        except grpc.RpcError as error:
+            return error.code(), error.details()
+    return None
+
+
 def kill_and_settle(member: RaftKVMember) -> None:
     """SIGKILL a member and give its peers a moment to see its streams break."""
     member.kill(signal.SIGKILL)
@@ -124,6 +137,12 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
         (status,) = statuses(learner.client_url)
         assert status["Status"]["isLearner"] is True
         assert status["Status"]["header"]["member_id"] == learner_id
+        # Like etcd, a learner serves Status and serializable reads only.
+        assert learner_refusal(learner, rpc_pb2.PutRequest(key=b"k", value=b"v")) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "etcdserver: rpc not supported for learner",
+        )
+        assert learner_refusal(learner, rpc_pb2.RangeRequest(key=b"k")) is not None
 
         # Caught up: promotion through a follower's endpoint is forwarded to the leader.
         assert ctl_ok(follower.client_url, "member", "promote", f"{learner_id:x}") == (
@@ -136,6 +155,7 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
         )
         (status,) = statuses(learner.client_url)
         assert "isLearner" not in status["Status"]
+        assert learner_refusal(learner, rpc_pb2.PutRequest(key=b"k", value=b"v")) is None
 
         # With a voter down, adding a member is refused; the dead one may be removed.
         dead = cluster.members[1]

@@ -77,6 +77,9 @@ LEADER_TRANSFER_TIMEOUT = EtcdError(
     grpc.StatusCode.UNKNOWN, "etcdserver: request timed out, leader transfer took too long"
 )
 UNHEALTHY = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: unhealthy cluster")
+NOT_SUPPORTED_FOR_LEARNER = EtcdError(
+    grpc.StatusCode.UNAVAILABLE, "etcdserver: rpc not supported for learner"
+)
 BAD_LEADER_TRANSFEREE = EtcdError(
     grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee"
 )
@@ -122,6 +125,7 @@ _BY_TYPE: dict[type[Exception], EtcdError] = {
     membership_errors.UnhealthyClusterError: UNHEALTHY,
     node_errors.NotLeaderError: NOT_LEADER,
     node_errors.BadLeaderTransfereeError: BAD_LEADER_TRANSFEREE,
+    node_errors.NotSupportedForLearnerError: NOT_SUPPORTED_FOR_LEARNER,
     node_errors.LeaderTransferTimeoutError: LEADER_TRANSFER_TIMEOUT,
     node_errors.NoLeaderError: NO_LEADER,
     node_errors.RequestTimeoutError: TIMEOUT,

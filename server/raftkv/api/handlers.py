@@ -1,4 +1,4 @@
-"""What every gRPC method shares: etcd's `hasleader` metadata rule and the error translation."""
+"""What every gRPC method shares: etcd's learner and `hasleader` rules, the error translation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.api import errors
+from raftkv.node.errors import NotSupportedForLearnerError
 from raftkv.node.server import MemberServer
+from raftkv.pb.etcdserverpb import rpc_pb2
 
 RequireLeaderKey = "hasleader"
 
@@ -22,6 +24,17 @@ def requires_leader(context: grpc.aio.ServicerContext) -> bool:
         key == RequireLeaderKey and value == "true"
         for key, value in (context.invocation_metadata() or ())
     )
+
+
+def refuse_on_learner(server: MemberServer, request: object) -> None:
+    """etcd's rule: a learner answers only Status and serializable Range requests."""
+    if not server.is_learner:
+        return
+    if isinstance(request, rpc_pb2.StatusRequest):
+        return
+    if isinstance(request, rpc_pb2.RangeRequest) and request.serializable:
+        return
+    raise NotSupportedForLearnerError()
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: BaseException) -> None:
@@ -41,6 +54,7 @@ def unary(
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         server: MemberServer = self.server
         try:
+            refuse_on_learner(server, request)
             if requires_leader(context):
                 server.node.require_leader()
             return await method(self, request, context)
@@ -62,6 +76,7 @@ def in_process(
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         server: MemberServer = self.server
         try:
+            refuse_on_learner(server, request)
             if requires_leader(context):
                 server.node.require_leader()
         except Exception as error:

@@ -48,5 +48,12 @@ class LeaderTransferTimeoutError(NodeError):
         super().__init__("etcdserver: request timed out, leader transfer took too long")
 
 
+class NotSupportedForLearnerError(NodeError):
+    """A learner serves only serializable reads and Status, as in etcd."""
+
+    def __init__(self) -> None:
+        super().__init__("etcdserver: rpc not supported for learner")
+
+
 class JoinError(DataDirError):
     """The member cannot join the existing cluster, so its data dir cannot be created."""

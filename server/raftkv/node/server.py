@@ -348,6 +348,11 @@ class MemberServer:
                 self.transport.update_peer(member_id, list(urls))
         self._known_peers = members
 
+    @property
+    def is_learner(self) -> bool:
+        me = self.applier.membership.get(self.member_id)
+        return me is not None and me.is_learner
+
     def peer_connected(self, member_id: int) -> bool:
         """Whether the message stream to a peer is up (the strict reconfiguration checks)."""
         try:
