@@ -2,8 +2,8 @@
 
 Usage: ``python -m bench.run [--quick] [--only NAME,...] [--output docs/BENCHMARKS.md]``.
 
-Order: the raftkv-only micro-benchmarks first (each in its own process, on an idle machine),
-then each cluster workload against a fresh 3-member etcd cluster and then a fresh 3-member
+Order: the raftkv-only micro-benchmarks first (each in its own process, before any cluster
+runs), then each cluster workload against a fresh 3-member etcd cluster and then a fresh 3-member
 raftkv cluster, so that a workload never inherits the data or the warm caches of another.
 Whatever goes wrong on one side — a service raftkv does not have yet, a cluster that does not
 start, a timeout — becomes a cell in the report, and the run goes on. A raftkv cluster that
@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         workloads: list[Workload] = []
         skipped: dict[str, str] = {}
     else:
-        workloads, skipped = selected(profile, cluster_only)
+        try:
+            workloads, skipped = selected(profile, cluster_only)
+        except ValueError as error:
+            parser.error(str(error))
 
     started = time.monotonic()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
