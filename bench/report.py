@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.results import Better, Metric, Outcome, Status, WorkloadResult
+from bench.results import OTHER_CPU_METRIC, Better, Metric, Outcome, Status, WorkloadResult
 from bench.stats import ratio
 
 
@@ -171,6 +171,30 @@ def _micro_value(value: object) -> str:
     return str(value)
 
 
+# Other processes' CPU (cores) above which the page warns that the numbers are noisy.
+CONTENTION_CORES = 0.25
+
+
+def _contention(results: list[WorkloadResult]) -> list[str]:
+    """A warning paragraph when other processes shared the machine during the run."""
+    shares = [
+        value
+        for result in results
+        for outcome in (result.etcd, result.raftkv)
+        if isinstance(value := outcome.value(OTHER_CPU_METRIC), int | float)
+    ]
+    if not shares or max(shares) < CONTENTION_CORES:
+        return []
+    return [
+        f"**Shared machine:** other processes used {format_number(min(shares))} to "
+        f"{format_number(max(shares))} CPU cores while the workloads ran (row "
+        f"'{OTHER_CPU_METRIC}' of each table). The numbers are lower and noisier than on a "
+        "quiet machine, and since etcd and raftkv ran one after the other, the ratios are "
+        "rough; rerun with `--wait-quiet` when the machine is idle.",
+        "",
+    ]
+
+
 def render(run: Run) -> str:
     """The whole BENCHMARKS.md for `run`."""
     out = [
@@ -185,7 +209,7 @@ def render(run: Run) -> str:
         "is better (latency, memory, CPU), 10 means ten times etcd's.",
         "",
         *(
-            ["## Summary", "", summary_table(run.workloads), ""]
+            ["## Summary", "", summary_table(run.workloads), "", *_contention(run.workloads)]
             if any(r.headlines for r in run.workloads)
             else []
         ),

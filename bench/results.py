@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# Appended by the runner to every workload's metrics (see bench.run._OtherCpu).
+OTHER_CPU_METRIC = "machine: CPU used by other processes meanwhile"
+
 
 class Better(enum.StrEnum):
     """Which direction of a metric is good; decides how a ratio reads."""

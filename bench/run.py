@@ -30,12 +30,11 @@ import grpc
 from bench import machine, report
 from bench.clusters import ELECTION_MS, HEARTBEAT_MS, Cluster, Kind, start_cluster
 from bench.load import Unsupported
-from bench.results import Metric, Outcome, Status, WorkloadResult
+from bench.results import OTHER_CPU_METRIC, Metric, Outcome, Status, WorkloadResult
 from bench.workloads import FULL, QUICK, Profile, Workload, selected
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MICRO = ("wal_bench", "raft_bench")
-OTHER_CPU_METRIC = "machine: CPU used by other processes meanwhile"
 
 
 def _log(message: str) -> None:

@@ -11,7 +11,7 @@ from bench.report import (
     summary_table,
     workload_table,
 )
-from bench.results import Better, Metric, Outcome, Status, WorkloadResult
+from bench.results import OTHER_CPU_METRIC, Better, Metric, Outcome, Status, WorkloadResult
 
 
 def _row(table: str, metric: str) -> list[str]:
@@ -137,3 +137,27 @@ def test_summary_shows_each_workloads_headlines() -> None:
         Run(command="c", date="d", seconds=1, machine={}, method=[], workloads=[ok, lease])
     )
     assert page.index("## Summary") < page.index("## Machine")
+
+
+def test_page_warns_when_other_processes_shared_the_machine() -> None:
+    def result(other_cpu: float) -> WorkloadResult:
+        metrics = [
+            Metric("throughput", 1.0, "ops/s", Better.HIGHER),
+            Metric(OTHER_CPU_METRIC, other_cpu, "cores"),
+        ]
+        return WorkloadResult(
+            "put",
+            "Writes",
+            "Puts.",
+            Outcome(Status.OK, metrics),
+            Outcome(Status.OK, metrics),
+            headlines=("throughput",),
+        )
+
+    def page(other_cpu: float) -> str:
+        run = Run("c", "d", 1, {}, [], workloads=[result(other_cpu)])
+        return render(run)
+
+    assert "Shared machine" in page(1.5)
+    assert "1.50 to 1.50 CPU cores" in page(1.5)
+    assert "Shared machine" not in page(0.02)
