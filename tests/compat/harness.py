@@ -39,7 +39,11 @@ from tests.support.etcd import ETCDCTL_BIN, EtcdCluster, start_etcd_cluster
 from tests.support.raftkv import RaftKVCluster, start_raftkv_cluster
 
 ALIGN_KEY = b"/000-align"
-_WAIT_S = 15.0
+# Generous deadlines: the clusters share the machine with other suites. etcdctl's own
+# timeouts (dial 2 s, command 5 s) are raised likewise; they change no output.
+_WAIT_S = 30.0
+_RPC_TIMEOUT_S = 30.0
+_CTL_TIMEOUTS = ("--dial-timeout=10s", "--command-timeout=30s")
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,13 @@ class CtlResult:
 
 
 def run_etcdctl(
-    endpoints: str, args: Sequence[str], input: bytes | None = None, timeout: float = 30.0
+    endpoints: str, args: Sequence[str], input: bytes | None = None, timeout: float = 60.0
 ) -> CtlResult:
     """`etcdctl --endpoints=<endpoints> <args>` with API v3 and no ETCDCTL_* from the caller."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "3"
     done = subprocess.run(
-        [str(ETCDCTL_BIN), f"--endpoints={endpoints}", *args],
+        [str(ETCDCTL_BIN), f"--endpoints={endpoints}", *_CTL_TIMEOUTS, *args],
         input=input,
         stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
@@ -142,18 +146,20 @@ class System:
     def revision(self, member: str = "m0") -> int:
         """The store revision `member` reports to a linearizable read."""
         with grpc.insecure_channel(self._target(member)) as channel:
-            request = rpc_pb2.RangeRequest(key=ALIGN_KEY)
-            return rpc_pb2_grpc.KVStub(channel).Range(request, timeout=5).header.revision
+            response = rpc_pb2_grpc.KVStub(channel).Range(
+                rpc_pb2.RangeRequest(key=ALIGN_KEY), timeout=_RPC_TIMEOUT_S
+            )
+            return response.header.revision
 
     def put(self, key: bytes, value: bytes, member: str = "m0") -> int:
         with grpc.insecure_channel(self._target(member)) as channel:
             request = rpc_pb2.PutRequest(key=key, value=value)
-            return rpc_pb2_grpc.KVStub(channel).Put(request, timeout=5).header.revision
+            return rpc_pb2_grpc.KVStub(channel).Put(request, timeout=_RPC_TIMEOUT_S).header.revision
 
     def status(self, member: str) -> rpc_pb2.StatusResponse:
         with grpc.insecure_channel(self._target(member)) as channel:
             stub = rpc_pb2_grpc.MaintenanceStub(channel)
-            return stub.Status(rpc_pb2.StatusRequest(), timeout=5)
+            return stub.Status(rpc_pb2.StatusRequest(), timeout=_RPC_TIMEOUT_S)
 
     def wait_applied(self) -> None:
         """Wait until every member has applied every entry committed so far (writes and
