@@ -24,10 +24,11 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from google.protobuf import text_format
@@ -39,6 +40,7 @@ from tests.support.etcd import ETCDCTL_BIN, EtcdCluster, start_etcd_cluster
 from tests.support.raftkv import RaftKVCluster, start_raftkv_cluster
 
 ALIGN_KEY = b"/000-align"
+_T = TypeVar("_T")
 # Generous deadlines: the clusters share the machine with other suites. etcdctl's own
 # timeouts (dial 2 s, command 5 s) are raised likewise; they change no output.
 _WAIT_S = 30.0
@@ -143,23 +145,36 @@ class System:
     def _target(self, member: str) -> str:
         return self.endpoints(member).removeprefix("http://")
 
+    def _rpc(self, member: str, call: Callable[[grpc.Channel], _T]) -> _T:
+        """One gRPC call to `member`; a failure carries the member's log (a crash shows)."""
+        with grpc.insecure_channel(self._target(member)) as channel:
+            try:
+                return call(channel)
+            except grpc.RpcError as error:
+                log = next(m for m in self.cluster.members if m.name == member).log_tail()
+                message = f"{self.label} {member}: {error}\n--- its log:\n{log}"
+                raise RuntimeError(message) from error
+
     def revision(self, member: str = "m0") -> int:
         """The store revision `member` reports to a linearizable read."""
-        with grpc.insecure_channel(self._target(member)) as channel:
-            response = rpc_pb2_grpc.KVStub(channel).Range(
-                rpc_pb2.RangeRequest(key=ALIGN_KEY), timeout=_RPC_TIMEOUT_S
-            )
-            return response.header.revision
+        request = rpc_pb2.RangeRequest(key=ALIGN_KEY)
+        return self._rpc(
+            member,
+            lambda ch: rpc_pb2_grpc.KVStub(ch).Range(request, timeout=_RPC_TIMEOUT_S),
+        ).header.revision
 
     def put(self, key: bytes, value: bytes, member: str = "m0") -> int:
-        with grpc.insecure_channel(self._target(member)) as channel:
-            request = rpc_pb2.PutRequest(key=key, value=value)
-            return rpc_pb2_grpc.KVStub(channel).Put(request, timeout=_RPC_TIMEOUT_S).header.revision
+        request = rpc_pb2.PutRequest(key=key, value=value)
+        return self._rpc(
+            member, lambda ch: rpc_pb2_grpc.KVStub(ch).Put(request, timeout=_RPC_TIMEOUT_S)
+        ).header.revision
 
     def status(self, member: str) -> rpc_pb2.StatusResponse:
-        with grpc.insecure_channel(self._target(member)) as channel:
-            stub = rpc_pb2_grpc.MaintenanceStub(channel)
-            return stub.Status(rpc_pb2.StatusRequest(), timeout=_RPC_TIMEOUT_S)
+        request = rpc_pb2.StatusRequest()
+        return self._rpc(
+            member,
+            lambda ch: rpc_pb2_grpc.MaintenanceStub(ch).Status(request, timeout=_RPC_TIMEOUT_S),
+        )
 
     def wait_applied(self) -> None:
         """Wait until every member has applied every entry committed so far (writes and
