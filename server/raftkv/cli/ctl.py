@@ -170,7 +170,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Command groups import this module for Context and CommandError, hence the late import.
-    from raftkv.cli import ctl_snapshot
+    from raftkv.cli import (
+        ctl_kv,
+        ctl_lease,
+        ctl_maintenance,
+        ctl_member,
+        ctl_recipes,
+        ctl_snapshot,
+        ctl_watch,
+    )
 
     parser = _Parser(
         prog="raftkvctl",
@@ -178,18 +186,43 @@ def build_parser() -> argparse.ArgumentParser:
         "global flag can also be set with its ETCDCTL_* variable.",
         allow_abbrev=False,
     )
+    _add_global_flags(parser, None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    for group in (
+        ctl_kv,
+        ctl_watch,
+        ctl_lease,
+        ctl_member,
+        ctl_maintenance,
+        ctl_snapshot,
+        ctl_recipes,
+    ):
+        group.register(commands)
+    _add_global_flags_to_commands(commands)
+    return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
     for flag in GLOBAL_FLAGS:
         names = [f"--{flag.name}", *([flag.short] if flag.short else [])]
         parser.add_argument(
             *names,
             dest=flag.dest,
-            default=None,
+            default=default,
             help=f"{flag.help} (default: '{flag.default}'; env {flag.env})",
         )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    for group in (ctl_snapshot,):
-        group.register(commands)
-    return parser
+
+
+def _add_global_flags_to_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """Let global flags follow the command too (`get k -w json`), as etcdctl's do; given there,
+    they override the ones given before it."""
+    for command in commands.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _add_global_flags_to_commands(action)
+        else:
+            _add_global_flags(command, argparse.SUPPRESS)
 
 
 def _duration(text: str, flag: str) -> float:

@@ -184,17 +184,22 @@ class Discovery:
 
     async def __aiter__(self) -> AsyncIterator[ServiceSnapshot]:
         cut = len(self.prefix)
+        known: dict[str, str] = {}
         async with PrefixView(self._client, self.prefix) as view:
             async for update in view:
                 changes = []
                 for event in update.events:
                     name = event.kv.key[cut:].decode()
                     if event.is_delete:
-                        changes.append(ServiceChange("removed", name, event.kv.value.decode()))
+                        # A delete event carries no value: report the last address known.
+                        address = known.pop(name, event.kv.value.decode())
+                        changes.append(ServiceChange("removed", name, address))
                     else:
-                        kind = "added" if event.kv.version == 1 else "updated"
-                        changes.append(ServiceChange(kind, name, event.kv.value.decode()))
+                        kind = "updated" if name in known else "added"
+                        known[name] = event.kv.value.decode()
+                        changes.append(ServiceChange(kind, name, known[name]))
                 instances = {k[cut:].decode(): kv.value.decode() for k, kv in update.kvs.items()}
+                known = dict(instances)
                 yield ServiceSnapshot(
                     update.revision,
                     MappingProxyType(dict(sorted(instances.items()))),
