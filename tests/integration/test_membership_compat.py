@@ -55,8 +55,9 @@ class Session:
         return next(k for k, v in self.names.items() if v == f"<{placeholder}>")
 
     def raw(self, *args: str) -> str:
-        result = etcdctl(self.endpoints, *args)
-        assert result.returncode == 0, result.stderr
+        """Output of a command that only reads (not part of the transcript)."""
+        result = etcdctl(self.endpoints, "--command-timeout=15s", *args)
+        assert result.returncode == 0, f"etcdctl {' '.join(args)}: {result.stderr}"
         return result.stdout
 
     def normalize(self, text: str) -> str:
