@@ -78,7 +78,7 @@ def learner_refusal(
 def kill_and_settle(member: RaftKVMember) -> None:
     """SIGKILL a member and give its peers a moment to see its streams break."""
     member.kill(signal.SIGKILL)
-    time.sleep(0.5)
+    time.sleep(1.0)
 
 
 def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Path) -> None:
