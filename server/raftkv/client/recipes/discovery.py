@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 
+from raftkv.client import errors
 from raftkv.client.aio import AsyncClient
 from raftkv.client.lease import Lease
 from raftkv.client.ops import KeyLike, to_bytes
@@ -120,6 +121,8 @@ class EphemeralKey:
                 except AMBIGUOUS:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 2.0)
+                except errors.EtcdError:
+                    return  # the client was closed, or may no longer write the key
 
 
 class Registration(EphemeralKey):
