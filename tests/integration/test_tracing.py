@@ -209,3 +209,187 @@ def test_put_on_leader_is_one_trace_across_the_cluster(tmp_path: Path) -> None:
             assert {s.context.trace_id for s in spans} == {CLIENT_TRACE_ID}
 
     asyncio.run(scenario())
+
+
+def server_span(member: Member, method: str) -> ReadableSpan:
+    [span] = [s for s in member.exporter.get_finished_spans() if s.name == method]
+    return span
+
+
+def test_put_on_a_follower_and_the_watch_it_wakes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with in_process_cluster(tmp_path) as cluster:
+            leader = cluster.leader()
+            called, watching = cluster.followers()
+            async with (
+                grpc.aio.insecure_channel(called.target) as to_called,
+                grpc.aio.insecure_channel(watching.target) as to_watching,
+            ):
+                watch = rpc_pb2_grpc.WatchStub(to_watching).Watch()
+                create = rpc_pb2.WatchCreateRequest(key=b"watched")
+                await watch.write(rpc_pb2.WatchRequest(create_request=create))
+                assert (await watch.read()).created
+                await rpc_pb2_grpc.KVStub(to_called).Put(
+                    rpc_pb2.PutRequest(key=b"watched", value=b"v")
+                )
+                event = await watch.read()
+                assert [e.kv.key for e in event.events] == [b"watched"]
+                watch.cancel()
+
+            # No traceparent from the client: the called member's server span is the root.
+            root = server_span(called, "etcdserverpb.KV/Put")
+            assert root.parent is None
+            trace_id = root.context.trace_id
+
+            def complete(spans: list[ReadableSpan]) -> bool:
+                return (
+                    len(by_name(spans, "raft.replicate", leader.name)) == 2
+                    and bool(by_name(spans, "watch.send", watching.name))
+                    and bool(by_name(spans, "raft.apply", leader.name))
+                )
+
+            await cluster.settled(trace_id, complete)
+            spans = cluster.spans(trace_id)
+            propose = one(spans, "raft.propose", called.name)
+            assert child_of(propose, root)
+            assert child_of(one(spans, "raft.respond", called.name), propose)
+            # The leader works under the called follower's proposal ...
+            for stage in ("raft.append", "raft.commit", "raft.apply"):
+                assert child_of(one(spans, stage, leader.name), propose), stage
+            replicates = {
+                s.attributes["raft.peer_id"]: s
+                for s in by_name(spans, "raft.replicate", leader.name)
+            }
+            # ... and each follower under the leader's replication span to it.
+            for follower in (called, watching):
+                replicate = replicates[f"{follower.id:x}"]
+                assert child_of(replicate, propose)
+                assert child_of(one(spans, "raft.append", follower.name), replicate)
+                assert child_of(one(spans, "raft.apply", follower.name), replicate)
+            notify = one(spans, "watch.notify", watching.name)
+            assert child_of(notify, one(spans, "raft.apply", watching.name))
+            assert child_of(one(spans, "watch.send", watching.name), notify)
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_share_fsyncs_and_keep_their_own_traces(tmp_path: Path) -> None:
+    count = 20
+
+    async def scenario() -> None:
+        async with in_process_cluster(tmp_path) as cluster:
+            leader = cluster.leader()
+            followers = cluster.followers()
+            # A slow disk on the leader: proposals pile up behind its first fsync, so the next
+            # Ready (one fsync, MsgApps with many entries) carries many requests.
+            wal = leader.server.node.wal
+            save = wal.save
+
+            async def slow_save(*args: object, **kwargs: object) -> None:
+                await asyncio.sleep(0.2)
+                await save(*args, **kwargs)  # type: ignore[arg-type]
+
+            wal.save = slow_save  # type: ignore[method-assign]
+            trace_ids = [CLIENT_TRACE_ID + n for n in range(count)]
+            async with grpc.aio.insecure_channel(leader.target) as channel:
+                kv = rpc_pb2_grpc.KVStub(channel)
+                await asyncio.gather(
+                    *(
+                        kv.Put(
+                            rpc_pb2.PutRequest(key=b"k%d" % n, value=b"v"),
+                            metadata=(("traceparent", f"00-{t:032x}-{CLIENT_SPAN_ID:016x}-01"),),
+                        )
+                        for n, t in enumerate(trace_ids)
+                    )
+                )
+            parents: list[str] = []
+            for trace_id in trace_ids:
+                await cluster.settled(
+                    trace_id,
+                    lambda spans: all(by_name(spans, "raft.apply", f.name) for f in followers),
+                )
+                spans = cluster.spans(trace_id)
+                propose = one(spans, "raft.propose", leader.name)
+                replicates = {
+                    s.attributes["raft.peer_id"]: s
+                    for s in by_name(spans, "raft.replicate", leader.name)
+                }
+                for follower in followers:
+                    append = one(spans, "raft.append", follower.name)
+                    apply = one(spans, "raft.apply", follower.name)
+                    assert apply.parent is not None and append.parent is not None
+                    assert apply.parent.span_id == append.parent.span_id
+                    # Under the leader's replication span to this follower when the MsgApp's
+                    # one context was this request's, else under the request's proposal.
+                    if child_of(append, replicates[f"{follower.id:x}"]):
+                        parents.append("replicate")
+                    else:
+                        assert child_of(append, propose)
+                        parents.append("propose")
+            assert set(parents) == {"replicate", "propose"}
+            fsyncs = [s for s in leader.exporter.get_finished_spans() if s.name == "wal.fsync"]
+            assert sum(len(s.links) for s in fsyncs) == count  # each request linked once
+            assert max(len(s.links) for s in fsyncs) > 1  # group commit: one fsync, many
+            # Every link points at a raft.append span of one of the requests.
+            appends = {
+                s.context.span_id
+                for s in leader.exporter.get_finished_spans()
+                if s.name == "raft.append"
+            }
+            assert {link.context.span_id for s in fsyncs for link in s.links} == appends
+
+    asyncio.run(scenario())
+
+
+def test_unsampled_requests_leave_no_trace_anywhere(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with in_process_cluster(tmp_path) as cluster:
+            leader = cluster.leader()
+            unsampled = CLIENT_TRACEPARENT[:-2] + "00"
+            async with grpc.aio.insecure_channel(leader.target) as channel:
+                response = await rpc_pb2_grpc.KVStub(channel).Put(
+                    rpc_pb2.PutRequest(key=b"k", value=b"v"), metadata=(("traceparent", unsampled),)
+                )
+            deadline = time.monotonic() + 10
+            while any(
+                m.server.applier.store.current_revision < response.header.revision
+                for m in cluster.members
+            ):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # acknowledgements in flight
+            assert [s.name for m in cluster.members for s in m.exporter.get_finished_spans()] == []
+
+    asyncio.run(scenario())
+
+
+def test_lease_expiry_is_a_trace_through_the_cluster(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with in_process_cluster(tmp_path) as cluster:
+            leader = cluster.leader()
+            async with grpc.aio.insecure_channel(leader.target) as channel:
+                grant = await rpc_pb2_grpc.LeaseStub(channel).LeaseGrant(
+                    rpc_pb2.LeaseGrantRequest(TTL=1)
+                )
+            deadline = time.monotonic() + 15
+            while not [s for s in leader.exporter.get_finished_spans() if s.name == "lease.expire"]:
+                assert time.monotonic() < deadline, "the lease did not expire"
+                await asyncio.sleep(0.05)
+            [expire] = [s for s in leader.exporter.get_finished_spans() if s.name == "lease.expire"]
+            assert expire.parent is None
+            assert expire.attributes is not None
+            assert expire.attributes["raftkv.lease_id"] == grant.ID
+            followers = cluster.followers()
+            await cluster.settled(
+                expire.context.trace_id,
+                lambda spans: all(by_name(spans, "raft.apply", f.name) for f in followers),
+            )
+            spans = cluster.spans(expire.context.trace_id)
+            propose = one(spans, "raft.propose", leader.name)
+            assert child_of(propose, expire)
+            assert propose.attributes is not None
+            assert propose.attributes["raftkv.request"] == "lease_revoke"
+            for follower in followers:
+                one(spans, "raft.append", follower.name)
+
+    asyncio.run(scenario())
