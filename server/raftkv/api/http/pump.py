@@ -31,11 +31,13 @@ log = logging.getLogger(__name__)
 # The most one splice moves; a pipe holds 64 KiB by default, and a splice never blocks here.
 CHUNK = 1 << 20
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-# Edge-triggered: each fd is registered once; after an event the flows are moved until a
-# splice would block, and the next edge says when to try again (no epoll_ctl per message).
-_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-_READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-_WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+# Level-triggered: one splice in and one out per wake-up, no extra call to find the socket
+# empty. A socket is watched for reading while its flow can take data, and for writing only
+# while a flow waits for room in it (rare: a socket reports room after every ACK).
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
+_READABLE = _IN | select.EPOLLHUP | select.EPOLLERR
+_WRITABLE = _OUT | select.EPOLLHUP | select.EPOLLERR
 
 
 class _Flow:
@@ -62,6 +64,7 @@ class _Link:
         self.client = client
         self.server = server
         self.client_fd = client.fileno()
+        self.masks = {client.fileno(): _IN, server.fileno(): _IN}
         self.upstream = _Flow(client, server, from_client=True)
         self.downstream = _Flow(server, client, from_client=False)
         self.closed = False
@@ -144,48 +147,71 @@ class SplicePump:
             link = self._incoming.popleft()
             for sock in (link.client, link.server):
                 self._links[sock.fileno()] = link
-                self._epoll.register(sock.fileno(), _EVENTS)
-            # Data may have arrived before registration; edge-triggered epoll would not say so.
-            self._move(link, link.upstream)
-            self._move(link, link.downstream)
+                self._epoll.register(sock.fileno(), _IN)
 
     def _on_event(self, link: _Link, fd: int, events: int) -> None:
         reading, writing = link.flows(fd)
-        if events & _WRITABLE:
-            self._move(link, writing)
-        if events & _READABLE and not link.closed:
-            self._move(link, reading)
-        if events & select.EPOLLHUP and reading.eof and not link.closed:
-            self._close(link)  # fd is gone both ways: nothing more can be delivered to it
+        if events & _WRITABLE and writing.buffered:
+            self._drain(link, writing)
+        if events & _READABLE and not (link.closed or reading.eof or reading.buffered):
+            self._fill(link, reading)
+        if link.closed:
+            return
+        if events & select.EPOLLHUP and (reading.eof or reading.buffered):
+            # fd is shut both ways: nothing more can be delivered to it, and what it sent
+            # waits for a destination that is full (dropping it beats spinning on HUP).
+            self._close(link)
+            return
+        self._update(link)
 
-    def _move(self, link: _Link, flow: _Flow) -> None:
-        """Move bytes along one flow until a splice would block, or the flow ends."""
-        while not link.closed:
-            while flow.buffered:
-                try:
-                    n = os.splice(flow.pipe_r, flow.dst.fileno(), flow.buffered, flags=_FLAGS)
-                except BlockingIOError:
-                    return  # dst is full: its EPOLLOUT edge resumes this flow
-                flow.buffered -= n
-                if flow.from_client:
-                    self.bytes_from_clients += n
-                else:
-                    self.bytes_to_clients += n
-            if flow.eof:
-                if not flow.shut:
-                    flow.shut = True
-                    with contextlib.suppress(OSError):
-                        flow.dst.shutdown(socket.SHUT_WR)
-                if link.upstream.shut and link.downstream.shut:
-                    self._close(link)
-                return
+    def _fill(self, link: _Link, flow: _Flow) -> None:
+        """Move one chunk from src into the pipe, and on into dst."""
+        try:
+            n = os.splice(flow.src.fileno(), flow.pipe_w, CHUNK, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        if n == 0:
+            flow.eof = True
+            self._finish(link, flow)
+            return
+        flow.buffered = n
+        self._drain(link, flow)
+
+    def _drain(self, link: _Link, flow: _Flow) -> None:
+        """Move what the pipe holds into dst, as far as dst takes it."""
+        while flow.buffered:
             try:
-                n = os.splice(flow.src.fileno(), flow.pipe_w, CHUNK, flags=_FLAGS)
+                n = os.splice(flow.pipe_r, flow.dst.fileno(), flow.buffered, flags=_FLAGS)
             except BlockingIOError:
-                return  # nothing to read: src's EPOLLIN edge resumes this flow
-            if n == 0:
-                flow.eof = True
-            flow.buffered = n
+                return  # dst is full: _update watches it for room
+            flow.buffered -= n
+            if flow.from_client:
+                self.bytes_from_clients += n
+            else:
+                self.bytes_to_clients += n
+        if flow.eof:
+            self._finish(link, flow)
+
+    def _finish(self, link: _Link, flow: _Flow) -> None:
+        """src ended and the pipe is empty: pass the end on; close when both ways ended."""
+        if flow.buffered:
+            return
+        with contextlib.suppress(OSError):
+            flow.dst.shutdown(socket.SHUT_WR)
+        flow.shut = True
+        if link.upstream.shut and link.downstream.shut:
+            self._close(link)
+
+    def _update(self, link: _Link) -> None:
+        """Set what epoll watches for both sockets of a link from its flows' state."""
+        for fd in (link.client_fd, link.server.fileno()):
+            reading, writing = link.flows(fd)
+            mask = (0 if reading.eof or reading.buffered else _IN) | (
+                _OUT if writing.buffered else 0
+            )
+            if mask != link.masks[fd]:
+                self._epoll.modify(fd, mask)
+                link.masks[fd] = mask
 
     def _close(self, link: _Link) -> None:
         if link.closed:
