@@ -94,7 +94,10 @@ class PeerTrafficMetrics:
 class HeartbeatMonitor:
     """etcd's heartbeat timeout detector: a leader's heartbeat to a peer that leaves more than
     two heartbeat intervals after the previous one was "not sent on time" (the leader is
-    overloaded, often by a slow disk). `on_late(member_id, seconds_late)` is told of each."""
+    overloaded, often by a slow disk). `on_late(member_id, seconds_late)` is told of each; the
+    warning is logged at most once per `LOG_EVERY_S`, since an overloaded leader is late often."""
+
+    LOG_EVERY_S = 5.0
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class HeartbeatMonitor:
         self._on_late = on_late
         self._clock = clock
         self._last: dict[int, float] = {}
+        self._logged_at = -self.LOG_EVERY_S
 
     def sent(self, member_id: int) -> None:
         now = self._clock()
@@ -113,12 +117,14 @@ class HeartbeatMonitor:
         self._last[member_id] = now
         if last is not None and now - last > self._max_gap:
             late = now - last - self._max_gap
-            log.warning(
-                "leader failed to send out heartbeat on time to %x (%.0f ms late); the leader is "
-                "overloaded, likely by a slow disk",
-                member_id,
-                late * 1000,
-            )
+            if now - self._logged_at >= self.LOG_EVERY_S:
+                self._logged_at = now
+                log.warning(
+                    "leader failed to send out heartbeat on time to %x (%.0f ms late); the "
+                    "leader is overloaded, likely by a slow disk",
+                    member_id,
+                    late * 1000,
+                )
             self._on_late(member_id, late)
 
     def reset(self) -> None:
