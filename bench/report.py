@@ -53,7 +53,7 @@ def format_number(value: float) -> str:
         return f"{value:.1f}"
     if magnitude >= 1 or value == 0:
         return f"{value:.2f}"
-    return f"{value:.3g}"
+    return f"{value:#.3g}"
 
 
 def format_ratio(value: float | None) -> str:
