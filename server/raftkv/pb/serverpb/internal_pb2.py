@@ -22,24 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from raftkv.pb.authpb import auth_pb2 as raftkv_dot_pb_dot_authpb_dot_auth__pb2
 from raftkv.pb.etcdserverpb import rpc_pb2 as raftkv_dot_pb_dot_etcdserverpb_dot_rpc__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!raftkv/pb/serverpb/internal.proto\x12\x0fraftkv.serverpb\x1a raftkv/pb/etcdserverpb/rpc.proto\"[\n\rRequestHeader\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rauth_revision\x18\x03 \x01(\x04\x12\x15\n\rtrace_context\x18\x04 \x01(\x0c\"O\n\x17MemberAttributesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_urls\x18\x03 \x03(\t\"\xb7\x04\n\x0fInternalRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.raftkv.serverpb.RequestHeader\x12\'\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12@\n\x10lease_checkpoint\x18\x08 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequestH\x00\x12+\n\x05\x61larm\x18\t \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x45\n\x11member_attributes\x18\n \x01(\x0b\x32(.raftkv.serverpb.MemberAttributesRequestH\x00\x42\t\n\x07request\"4\n\x0bWALMetadata\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\x12\n\ncluster_id\x18\x02 \x01(\x04\")\n\x13SnapshotPayloadInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!raftkv/pb/serverpb/internal.proto\x12\x0fraftkv.serverpb\x1a\x1braftkv/pb/authpb/auth.proto\x1a raftkv/pb/etcdserverpb/rpc.proto\"[\n\rRequestHeader\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x15\n\rauth_revision\x18\x03 \x01(\x04\x12\x15\n\rtrace_context\x18\x04 \x01(\x0c\"O\n\x17MemberAttributesRequest\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_urls\x18\x03 \x03(\t\"A\n\x1b\x41uthenticateInternalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0csimple_token\x18\x02 \x01(\t\"l\n\x1a\x41uthUserAddInternalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fhashed_password\x18\x02 \x01(\x0c\x12\'\n\x07options\x18\x03 \x01(\x0b\x32\x16.authpb.UserAddOptions\"N\n%AuthUserChangePasswordInternalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fhashed_password\x18\x02 \x01(\x0c\"\x8b\x0b\n\x0fInternalRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.raftkv.serverpb.RequestHeader\x12\'\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12@\n\x10lease_checkpoint\x18\x08 \x01(\x0b\x32$.etcdserverpb.LeaseCheckpointRequestH\x00\x12+\n\x05\x61larm\x18\t \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x45\n\x11member_attributes\x18\n \x01(\x0b\x32(.raftkv.serverpb.MemberAttributesRequestH\x00\x12\x36\n\x0b\x61uth_enable\x18( \x01(\x0b\x32\x1f.etcdserverpb.AuthEnableRequestH\x00\x12\x38\n\x0c\x61uth_disable\x18) \x01(\x0b\x32 .etcdserverpb.AuthDisableRequestH\x00\x12\x44\n\x0c\x61uthenticate\x18* \x01(\x0b\x32,.raftkv.serverpb.AuthenticateInternalRequestH\x00\x12\x44\n\rauth_user_add\x18+ \x01(\x0b\x32+.raftkv.serverpb.AuthUserAddInternalRequestH\x00\x12?\n\x10\x61uth_user_delete\x18, \x01(\x0b\x32#.etcdserverpb.AuthUserDeleteRequestH\x00\x12[\n\x19\x61uth_user_change_password\x18- \x01(\x0b\x32\x36.raftkv.serverpb.AuthUserChangePasswordInternalRequestH\x00\x12\x46\n\x14\x61uth_user_grant_role\x18. \x01(\x0b\x32&.etcdserverpb.AuthUserGrantRoleRequestH\x00\x12H\n\x15\x61uth_user_revoke_role\x18/ \x01(\x0b\x32\'.etcdserverpb.AuthUserRevokeRoleRequestH\x00\x12\x39\n\rauth_role_add\x18\x30 \x01(\x0b\x32 .etcdserverpb.AuthRoleAddRequestH\x00\x12?\n\x10\x61uth_role_delete\x18\x31 \x01(\x0b\x32#.etcdserverpb.AuthRoleDeleteRequestH\x00\x12R\n\x1a\x61uth_role_grant_permission\x18\x32 \x01(\x0b\x32,.etcdserverpb.AuthRoleGrantPermissionRequestH\x00\x12T\n\x1b\x61uth_role_revoke_permission\x18\x33 \x01(\x0b\x32-.etcdserverpb.AuthRoleRevokePermissionRequestH\x00\x42\t\n\x07request\"4\n\x0bWALMetadata\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\x12\n\ncluster_id\x18\x02 \x01(\x04\")\n\x13SnapshotPayloadInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftkv.pb.serverpb.internal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTHEADER']._serialized_start=88
-  _globals['_REQUESTHEADER']._serialized_end=179
-  _globals['_MEMBERATTRIBUTESREQUEST']._serialized_start=181
-  _globals['_MEMBERATTRIBUTESREQUEST']._serialized_end=260
-  _globals['_INTERNALREQUEST']._serialized_start=263
-  _globals['_INTERNALREQUEST']._serialized_end=830
-  _globals['_WALMETADATA']._serialized_start=832
-  _globals['_WALMETADATA']._serialized_end=884
-  _globals['_SNAPSHOTPAYLOADINFO']._serialized_start=886
-  _globals['_SNAPSHOTPAYLOADINFO']._serialized_end=927
+  _globals['_REQUESTHEADER']._serialized_start=117
+  _globals['_REQUESTHEADER']._serialized_end=208
+  _globals['_MEMBERATTRIBUTESREQUEST']._serialized_start=210
+  _globals['_MEMBERATTRIBUTESREQUEST']._serialized_end=289
+  _globals['_AUTHENTICATEINTERNALREQUEST']._serialized_start=291
+  _globals['_AUTHENTICATEINTERNALREQUEST']._serialized_end=356
+  _globals['_AUTHUSERADDINTERNALREQUEST']._serialized_start=358
+  _globals['_AUTHUSERADDINTERNALREQUEST']._serialized_end=466
+  _globals['_AUTHUSERCHANGEPASSWORDINTERNALREQUEST']._serialized_start=468
+  _globals['_AUTHUSERCHANGEPASSWORDINTERNALREQUEST']._serialized_end=546
+  _globals['_INTERNALREQUEST']._serialized_start=549
+  _globals['_INTERNALREQUEST']._serialized_end=1968
+  _globals['_WALMETADATA']._serialized_start=1970
+  _globals['_WALMETADATA']._serialized_end=2022
+  _globals['_SNAPSHOTPAYLOADINFO']._serialized_start=2024
+  _globals['_SNAPSHOTPAYLOADINFO']._serialized_end=2065
 # @@protoc_insertion_point(module_scope)
