@@ -229,3 +229,25 @@ async def _in_thread_after_slow_read(send: object, server: socket.socket, total:
     await sender
     assert len(received) == total
     return bytes(received)
+
+
+def test_first_bytes_arriving_one_by_one_are_still_routed() -> None:
+    async def run() -> None:
+        async with front_with_grpc(hello_router()) as (front, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for piece in (b"G", b"E", b"T /hello HTTP/1.1\r\nHost: x\r\n\r\n"):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.close()
+
+            raw = socket.create_connection(("127.0.0.1", port))
+            raw.sendall(HTTP2_PREFACE[:2])
+            await asyncio.sleep(0.1)
+            assert front.pump.connections == 0  # still undecided
+            raw.sendall(HTTP2_PREFACE[2:])
+            await wait_for(lambda: front.pump.connections == 1)
+            raw.close()
+
+    asyncio.run(run())

@@ -131,16 +131,19 @@ class ClientPortFront:
         """The first bytes, enough to tell gRPC from HTTP/1 (fewer only at end of stream)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(SNIFF_TIMEOUT_S):
+            readable = loop.create_future()
+            loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
             while True:
-                readable = loop.create_future()
-                loop.add_reader(sock.fileno(), readable.set_result, None)
-                try:
-                    await readable
-                finally:
-                    loop.remove_reader(sock.fileno())
                 head = sock.recv(len(_SNIFF), socket.MSG_PEEK)
                 if len(head) >= len(_SNIFF) or not head or not _SNIFF.startswith(head):
                     return head
+                # A prefix of "PRI" and no more yet. The socket stays readable while those
+                # bytes wait, so poll instead of waiting for readability (which would spin).
+                await asyncio.sleep(0.01)
 
     async def _to_grpc(self, sock: socket.socket) -> None:
         internal = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
