@@ -44,7 +44,7 @@ def test_table_pairs_values_and_ratio() -> None:
         ],
     )
     table = workload_table(_puts(raftkv))
-    assert _row(table, "throughput") == ["throughput", "ops/s", "1,000", "250", "0.25x", "higher"]
+    assert _row(table, "throughput") == ["throughput", "ops/s", "1,000", "250", "0.250x", "higher"]
     assert _row(table, "p99") == ["p99", "ms", "8.00", "80.0", "10.0x", "lower"]
     # A metric with no good direction gets no ratio.
     assert _row(table, "load generator CPU")[4] == "-"
@@ -129,7 +129,7 @@ def test_summary_shows_each_workloads_headlines() -> None:
         headlines=("16 streams: throughput",),
     )
     table = summary_table([ok, lease])
-    assert "| put | throughput (ops/s) | 1,000 | 500 | 0.5x | higher |" in table
+    assert "| put | throughput (ops/s) | 1,000 | 500 | 0.500x | higher |" in table
     # raftkv did not report p99: its cell says so, and there is no ratio.
     assert "| put | p99 (ms) | 8.00 | - | - | lower |" in table
     assert "| lease | 16 streams: throughput (ops/s) | 4,000 | unsupported | - | higher |" in table
