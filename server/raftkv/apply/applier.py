@@ -1,4 +1,4 @@
-"""Applies committed Raft entries to the member's state: MVCC, leases, membership, alarms.
+"""Applies committed Raft entries to the member's state: MVCC, leases, auth, membership, alarms.
 
 Applying is deterministic: every member applies the same entries in the same order and must end
 in the same state, so nothing here reads the clock or the network, and a request that fails
@@ -7,6 +7,9 @@ validation fails identically everywhere (its error is the result handed back to 
 The Raft index of the last applied entry (the consistent index) is written into the same backend
 transaction as the data it produced, so after a crash the node replays exactly the entries the
 backend does not have.
+
+Each entry is authorized here, where it is applied, against the auth state every member has at
+that point of the log (`raftkv.auth.requests`): the entry's header names the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from google.protobuf.message import DecodeError
 from raftkv.apply.alarms import AlarmStore
 from raftkv.apply.errors import ApplyError
 from raftkv.apply.kv import KVApplier
+from raftkv.auth import AUTH_KINDS, AuthApplier, AuthError, AuthStore, SimpleTokens, TokenProvider
 from raftkv.lease import LeaseError, Lessor
 from raftkv.membership import Membership, MembershipError
 from raftkv.mvcc import KVStore, MVCCError
@@ -33,7 +37,7 @@ from raftkv.storage.backend import Backend
 
 log = logging.getLogger(__name__)
 
-DomainError = (ApplyError, MVCCError, MembershipError, LeaseError)
+DomainError = (ApplyError, MVCCError, MembershipError, LeaseError, AuthError)
 
 
 class StoreKeyDeleter:
@@ -59,11 +63,20 @@ def leased_keys(store: KVStore) -> Iterator[tuple[bytes, int]]:
 class Applier:
     """The state machine of one member, backed by one backend database file."""
 
-    def __init__(self, db_path: Path, *, max_txn_ops: int, lessor: Lessor | None = None) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        max_txn_ops: int,
+        lessor: Lessor | None = None,
+        tokens: TokenProvider | None = None,
+    ) -> None:
         self.db_path = db_path
         self.max_txn_ops = max_txn_ops
         # One lessor for the member's lifetime: a snapshot restore reloads it, keeping its role.
         self.lessor = lessor if lessor is not None else Lessor()
+        # Tokens live in memory for the member's lifetime too, across snapshot restores.
+        self.tokens: TokenProvider = tokens if tokens is not None else SimpleTokens()
         self._restore_listeners: list[Callable[[], None]] = []
         self._open()
 
@@ -75,6 +88,7 @@ class Applier:
         )
         self.membership = Membership.load(self.backend)
         self.alarms = AlarmStore(self.backend)
+        self.auth = AuthApplier(AuthStore(self.backend, self.tokens), self.lessor.keys)
         self.store.add_listener(self.lessor.on_kv_events)
         self.lessor.recover(self.backend, StoreKeyDeleter(self.store), leased_keys(self.store))
 
@@ -97,13 +111,19 @@ class Applier:
             log.error("skipping undecodable entry at index %d", entry.index)
             return 0, None
         kind = request.WhichOneof("request")
+        body = getattr(request, kind) if kind else None
         try:
-            return request.header.id, self._dispatch(kind, getattr(request, kind) if kind else None)
+            return request.header.id, self._dispatch(kind, body, request.header, entry.index)
         except DomainError as error:
             return request.header.id, error
 
-    def _dispatch(self, kind: str | None, body: Any) -> Any:
+    def _dispatch(
+        self, kind: str | None, body: Any, header: serverpb.RequestHeader, index: int
+    ) -> Any:
         self.alarms.check(kind, body)
+        self.auth.authorize(header, kind, body)
+        if kind in AUTH_KINDS:
+            return self.auth.apply(kind, body, index)
         if kind == "put":
             return self.kv.put(body)
         if kind == "delete_range":

@@ -1,0 +1,59 @@
+"""Fixtures for the auth tests: a fake clock, a real sqlite backend, and an auth store over it.
+
+Passwords are hashed at bcrypt's lowest cost (4) here: the store never hashes, and the tests of
+hashing itself do not need etcd's slow default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from raftkv.auth import AuthStore, SimpleTokens, hash_password
+from raftkv.storage.backend import Backend
+
+TEST_COST = 4
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    backend = Backend(tmp_path / "db")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def tokens(clock: FakeClock) -> SimpleTokens:
+    return SimpleTokens(ttl=300, clock=clock)
+
+
+@pytest.fixture
+def store(backend: Backend, tokens: SimpleTokens) -> AuthStore:
+    return AuthStore(backend, tokens)
+
+
+def hashed(password: str) -> bytes:
+    return hash_password(password, TEST_COST)
+
+
+def add_root(store: AuthStore, password: str = "rootpw") -> None:
+    """root with the root role, ready for `enable()`."""
+    store.user_add("root", hashed(password), None)
+    store.user_grant_role("root", "root")
