@@ -156,6 +156,9 @@ ENV_CASES = [
     ("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "1m30s", "corrupt_check_time_ms", 90_000),
     ("ETCD_HEARTBEAT_INTERVAL", "20", "heartbeat_interval_ms", 20),
     ("ETCD_ELECTION_TIMEOUT", "5000", "election_timeout_ms", 5000),
+    ("ETCD_AUTH_TOKEN", "simple,x=y", "auth_token", "simple,x=y"),
+    ("ETCD_AUTH_TOKEN_TTL", "30", "auth_token_ttl", 30),
+    ("ETCD_BCRYPT_COST", "12", "bcrypt_cost", 12),
 ]
 
 

@@ -23,6 +23,9 @@ from typing import Any, NoReturn
 from raftkv.node.config import (
     CLUSTER_STATES,
     COMPACTION_MODES,
+    DEFAULT_AUTH_TOKEN,
+    DEFAULT_AUTH_TOKEN_TTL,
+    DEFAULT_BCRYPT_COST,
     DEFAULT_CLIENT_URL,
     DEFAULT_CLUSTER_TOKEN,
     DEFAULT_ELECTION_TIMEOUT_MS,
@@ -238,6 +241,27 @@ FLAGS: tuple[Flag, ...] = (
         "reject membership changes that would cost the cluster its quorum",
         "BOOL",
         boolean=True,
+    ),
+    Flag(
+        "auth-token",
+        _text,
+        DEFAULT_AUTH_TOKEN,
+        "auth token kind: 'simple', or 'jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m'",
+        "TOKEN",
+    ),
+    Flag(
+        "auth-token-ttl",
+        _integer,
+        str(DEFAULT_AUTH_TOKEN_TTL),
+        "seconds a simple auth token lives after its last use",
+        "SECONDS",
+    ),
+    Flag(
+        "bcrypt-cost",
+        _integer,
+        str(DEFAULT_BCRYPT_COST),
+        "bcrypt cost factor for hashing auth passwords",
+        "COST",
     ),
     Flag(
         "experimental-corrupt-check-time",

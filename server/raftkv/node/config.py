@@ -19,6 +19,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from raftkv.auth import (
+    DEFAULT_COST,
+    DEFAULT_SIMPLE_TTL,
+    MAX_COST,
+    MIN_COST,
+    TokenConfigError,
+    TokenProvider,
+    TokenSpec,
+)
+
 DEFAULT_NAME = "default"
 DEFAULT_CLIENT_URL = "http://localhost:2379"
 DEFAULT_PEER_URL = "http://localhost:2380"
@@ -30,6 +40,9 @@ DEFAULT_SNAPSHOT_COUNT = 100_000
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3
 DEFAULT_MAX_REQUEST_BYTES = 1_572_864
 DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_AUTH_TOKEN = "simple"
+DEFAULT_AUTH_TOKEN_TTL = int(DEFAULT_SIMPLE_TTL)
+DEFAULT_BCRYPT_COST = DEFAULT_COST
 
 CLUSTER_STATES = ("new", "existing")
 COMPACTION_MODES = ("periodic", "revision")
@@ -211,6 +224,11 @@ class ServerConfig:
     strict_reconfig_check: bool = True
     # How often the leader compares the members' keyspace hashes; 0 turns the check off.
     corrupt_check_time_ms: int = 0
+    # "simple", or "jwt,sign-method=...,priv-key=...,pub-key=...,ttl=..." (etcd's --auth-token).
+    auth_token: str = DEFAULT_AUTH_TOKEN
+    # Seconds a simple token lives after its last use.
+    auth_token_ttl: int = DEFAULT_AUTH_TOKEN_TTL
+    bcrypt_cost: int = DEFAULT_BCRYPT_COST
 
     def __post_init__(self) -> None:
         def put(attribute: str, value: object) -> None:
@@ -261,10 +279,31 @@ class ServerConfig:
         if self.auto_compaction_mode not in COMPACTION_MODES:
             raise ConfigError(f'unknown auto-compaction-mode "{self.auto_compaction_mode}"')
         _parse_retention(self.auto_compaction_mode, self.auto_compaction_retention)
+        self._validate_auth()
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f'unknown --log-level "{self.log_level}" (use one of {", ".join(LOG_LEVELS)})'
             )
+
+    def _validate_auth(self) -> None:
+        if not MIN_COST <= self.bcrypt_cost <= MAX_COST:
+            raise ConfigError(
+                f"invalid --bcrypt-cost {self.bcrypt_cost} (must be between {MIN_COST} and "
+                f"{MAX_COST})"
+            )
+        if self.auth_token_ttl < 0:
+            raise ConfigError(
+                f"--auth-token-ttl must not be negative (set to {self.auth_token_ttl})"
+            )
+        self.token_provider()  # reads the jwt keys, so a bad one stops the start here
+
+    def token_provider(self) -> TokenProvider:
+        """A new token provider for `--auth-token`; raises ConfigError."""
+        try:
+            spec = TokenSpec.parse(self.auth_token, parse_duration_seconds)
+            return spec.provider(simple_ttl=self.auth_token_ttl)
+        except TokenConfigError as error:
+            raise ConfigError(f'invalid --auth-token "{self.auth_token}": {error}') from None
 
     def _validate_cluster(self) -> None:
         if self.initial_cluster_state not in CLUSTER_STATES:
