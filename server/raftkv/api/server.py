@@ -21,6 +21,7 @@ from raftkv.api.decoding import StrictDecodingInterceptor
 from raftkv.api.election import ElectionService
 from raftkv.api.http import ClientPortFront, HttpRouter, internal_grpc_address, serve_http
 from raftkv.api.http import endpoints as http_endpoints
+from raftkv.api.http.gateway import JsonGateway
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.lock import LockService
@@ -126,6 +127,8 @@ async def serve(config: ServerConfig) -> None:
     grpc_server = build_grpc_server(member, grpc_target, interceptors)
     await grpc_server.start()
     router = _health_router(member, registry, metrics, version=True)
+    gateway = JsonGateway.to_target(grpc_target)
+    gateway.mount(router)
     front = ClientPortFront(router, grpc_address, max_body_bytes=http_body_limit(config))
     metrics.observe_member(instrument.snapshot_source(member, front.pump))
     for url in config.listen_client_urls:
@@ -150,6 +153,7 @@ async def serve(config: ServerConfig) -> None:
     for http_server in metrics_servers:
         http_server.close()
     await grpc_server.stop(grace=1.0)
+    await gateway.close()
     await front.close()
     await member.stop()
     if tracing is not None:
