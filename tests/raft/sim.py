@@ -195,7 +195,6 @@ class SafetyChecker:
         self.commit_term: dict[int, int] = {}
         self.max_commit = 0
         self.reads: dict[bytes, _ReadRequest] = {}
-        self.reads_answered = 0
         # Set by the cluster: the live leaders, as (id, term, storage).
         self.current_leaders: Callable[[], list[tuple[int, int, MemoryStorage]]] = list
 
@@ -285,7 +284,6 @@ class SafetyChecker:
             self.fail(
                 node, f"read {ctx!r} answered at {index}, but {req.floor} was committed before"
             )
-        self.reads_answered += 1
 
     # -- the checks ---------------------------------------------------------------------------
 
@@ -389,7 +387,6 @@ class Faults:
 
 @dataclass
 class Envelope:
-    seq: int
     msg: pb.Message
     due: int  # the tick from which it may be delivered
 
@@ -402,7 +399,6 @@ class Network:
         self.faults = faults or Faults()
         self.queue: list[Envelope] = []
         self.now = 0
-        self._seq = 0
         self._cut: set[tuple[int, int]] = set()
         self._isolated: set[int] = set()
         self._group: dict[int, int] = {}
@@ -412,8 +408,7 @@ class Network:
         f = self.faults
         if f.delay and self.rng.random() < f.delay:
             due += self.rng.randint(1, f.max_delay)
-        self._seq += 1
-        self.queue.append(Envelope(self._seq, m, due))
+        self.queue.append(Envelope(m, due))
 
     def due(self) -> list[Envelope]:
         return [e for e in self.queue if e.due <= self.now]
@@ -595,11 +590,6 @@ class Cluster:
                 node.raw.tick()
                 self._drain(node)
 
-    def tick(self, node_id: int) -> None:
-        node = self._live(node_id)
-        node.raw.tick()
-        self._drain(node)
-
     def step(self, drop: MessageFilter | None = None) -> bool:
         """Deliver (or lose) one due message; False if none is due. Messages for which `drop`
         returns True are lost (a directed test's surgical fault)."""
@@ -648,10 +638,7 @@ class Cluster:
         self._note(describe_message(m) + (" (duplicate)" if keep else ""))
         copy = pb.Message()
         copy.CopyFrom(m)
-        try:
-            target.raw.step(copy)
-        except ProposalDroppedError:
-            self._note(f"[{dst}] dropped forwarded proposal")
+        target.raw.step(copy)  # a forwarded proposal it cannot take is dropped silently
         self._drain(target)
         if m.type == pb.MSG_SNAP:
             self._report_snapshot(src, dst, failed=False)
@@ -870,8 +857,8 @@ class Cluster:
         """Reconnect everything, stop random faults, restart every crashed member."""
         self.net.heal()
         self.net.faults = Faults()
-        for n in self.net.queue:
-            n.due = min(n.due, self.net.now)
+        for env in self.net.queue:
+            env.due = min(env.due, self.net.now)
         for node_id, node in self.nodes.items():
             if node.raw is None and not node.removed:
                 self.restart(node_id)
