@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -296,5 +297,51 @@ def test_lease_keepalive_answers_the_request_then_ends(clients: dict[str, Client
         status, data = c.raw("/v3/lease/keepalive", '{"ID":"7002"}')
         c.call("/v3/lease/revoke", {"ID": "7002"})
         return [(status, c.normalise(json.loads(line))) for line in data.splitlines()]
+
+    compare(clients, scenario)
+
+
+def watchers(client: Client) -> float:
+    conn = client.connect()
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    prefix = "etcd_debugging_mvcc_watcher_total "
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_a_watch_ends_when_its_http_client_goes_away(clients: dict[str, Client]) -> None:
+    client = clients["raftkv"]
+    conn = client.connect()
+    conn.request("POST", "/v3/watch", body=b'{"create_request":{"key":"Z29uZQ=="}}')
+    response = conn.getresponse()
+    assert read_lines(response, 1)[0]["result"]["created"] is True
+    assert watchers(client) == 1
+    conn.close()
+    deadline = time.monotonic() + TIMEOUT_S
+    while watchers(client) != 0:
+        assert time.monotonic() < deadline, "the watcher outlived its HTTP client"
+        time.sleep(0.05)
+
+
+def test_lock_and_election_answer_as_etcd(clients: dict[str, Client]) -> None:
+    def scenario(c: Client) -> list[Answer]:
+        lease = "7003"
+        c.call("/v3/lease/grant", {"TTL": 60, "ID": lease})
+        status, locked = c.answer("/v3/lock/lock", {"name": b64("lk"), "lease": lease})
+        owner_key = locked.pop("key")
+        assert base64.b64decode(owner_key) == f"lk/{int(lease):x}".encode()
+        campaign = {"name": b64("el"), "lease": lease, "value": b64("v1")}
+        answers = [
+            (status, locked),
+            c.answer("/v3/lock/unlock", {"key": owner_key}),
+            c.answer("/v3/election/campaign", campaign),
+            c.answer("/v3/election/leader", {"name": b64("el")}),
+            c.answer("/v3/election/leader", {"name": b64("nobody")}),
+        ]
+        c.call("/v3/lease/revoke", {"ID": lease})
+        return answers
 
     compare(clients, scenario)
