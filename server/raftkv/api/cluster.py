@@ -4,8 +4,8 @@ The work is `node.admin.ClusterAdmin`'s; this module turns requests into its cal
 into etcd's responses. One thing happens here because it is a client-side act: MemberPromote on a
 follower is forwarded to the leader, since only the leader knows whether the learner has caught
 up. etcd 3.4 forwards over the peer URLs; raftkv calls the same Cluster method on the leader's
-advertised client URL, so `etcdctl member promote` works through any endpoint and the answer
-(success or etcd's error) is the leader's own.
+advertised client URL, with the caller's token, so `etcdctl member promote` works through any
+endpoint and the answer (success or etcd's error) is the leader's own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 
 import grpc
 
-from raftkv.api.handlers import unary
+from raftkv.api.handlers import token_metadata, unary
 from raftkv.membership import Member
 from raftkv.node.admin import ClusterAdmin
 from raftkv.node.errors import NoLeaderError, NotLeaderError
@@ -78,6 +78,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
+        if request.linearizable:
+            await self.server.node.read_barrier()
         response = rpc_pb2.MemberListResponse(
             members=[member_to_pb(m) for m in self.server.applier.membership.sorted_members()]
         )
@@ -105,7 +107,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         async with grpc.aio.insecure_channel(target) as channel:
             try:
                 return await rpc_pb2_grpc.ClusterStub(channel).MemberPromote(
-                    request, timeout=timeout
+                    request, timeout=timeout, metadata=token_metadata(context)
                 )
             except grpc.aio.AioRpcError as error:
                 await context.abort(error.code(), error.details() or "")
