@@ -172,8 +172,9 @@ class Recipes:
         self._background: set[asyncio.Task[Any]] = set()
 
     async def get(self, request: pb.RangeRequest) -> pb.RangeResponse:
-        """A linearizable range."""
+        """A linearizable range, checked against the caller's read access."""
         await self.server.node.read_barrier()
+        await self.server.auth.check_range(request.key, request.range_end)
         response = self.server.applier.kv.range(request)
         self.server.fill_header(response.header)
         return response

@@ -42,8 +42,9 @@ from raftkv.api.concurrency import (
     put_op,
     range_op,
 )
-from raftkv.api.handlers import abort_with, in_process, requires_leader
+from raftkv.api.handlers import abort_with, credentials, in_process, requires_leader
 from raftkv.api.watch import MAX_NO_LEADER_COUNT
+from raftkv.auth import identity
 from raftkv.node.errors import NoLeaderError
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
@@ -131,7 +132,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                 self.server.node.require_leader()
             except NoLeaderError as error:
                 await abort_with(context, error)
-        sender = asyncio.create_task(self._send_changes(request.name + b"/", context))
+        with identity.bound(credentials(context)):  # its reads are the caller's
+            sender = asyncio.create_task(self._send_changes(request.name + b"/", context))
         tasks = [sender]
         if needs_leader:
             tasks.append(asyncio.create_task(self._leader_lost()))

@@ -1,4 +1,11 @@
-"""What every gRPC method shares: etcd's learner and `hasleader` rules, the error translation."""
+"""What every gRPC method shares: etcd's learner and `hasleader` rules, the caller, the errors.
+
+Every method runs with the caller's credentials bound to its task (`raftkv.auth.identity`): the
+`token` metadata (else `authorization`, as etcd reads them), and the TLS client certificate's
+common name where there is one. Nothing is checked here; the checks happen where etcd makes
+them, through the member's `AuthGate`: proposals name the caller and are authorized when
+applied, local reads and admin calls are checked where they are served.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,14 @@ from typing import Any, TypeVar
 import grpc
 
 from raftkv.api import errors
+from raftkv.auth import Credentials, identity
 from raftkv.node.errors import NotSupportedForLearnerError
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2
 
 RequireLeaderKey = "hasleader"
+# Where etcd looks for the auth token, in this order.
+TOKEN_KEYS = ("token", "authorization")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -24,6 +34,20 @@ def requires_leader(context: grpc.aio.ServicerContext) -> bool:
         key == RequireLeaderKey and value == "true"
         for key, value in (context.invocation_metadata() or ())
     )
+
+
+def credentials(context: grpc.aio.ServicerContext) -> Credentials:
+    """What the caller presented (a token, a client certificate), unchecked."""
+    metadata = context.invocation_metadata() or ()
+    token = next((value for wanted in TOKEN_KEYS for key, value in metadata if key == wanted), None)
+    names = (context.auth_context() or {}).get("x509_common_name")
+    common_name = names[0].decode() if names else None
+    return Credentials(token=token, common_name=common_name)
+
+
+def token_metadata(context: grpc.aio.ServicerContext) -> list[tuple[str, str]]:
+    """The caller's token metadata, for a call forwarded to another member on its behalf."""
+    return [(k, v) for k, v in (context.invocation_metadata() or ()) if k in TOKEN_KEYS]
 
 
 def refuse_on_learner(server: MemberServer, request: object) -> None:
@@ -57,7 +81,8 @@ def unary(
             refuse_on_learner(server, request)
             if requires_leader(context):
                 server.node.require_leader()
-            return await method(self, request, context)
+            with identity.bound(credentials(context)):
+                return await method(self, request, context)
         except Exception as error:
             await abort_with(context, error)
             raise  # unreachable: abort raises
@@ -82,7 +107,8 @@ def in_process(
         except Exception as error:
             await abort_with(context, error)
         try:
-            return await method(self, request, context)
+            with identity.bound(credentials(context)):
+                return await method(self, request, context)
         except Exception as error:
             mapped = errors.lookup(error)
             if mapped is None:

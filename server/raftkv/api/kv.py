@@ -31,6 +31,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.RangeResponse:
         if not request.serializable:
             await self.server.node.read_barrier()
+        await self.server.auth.check_range(request.key, request.range_end)
         response = self.server.applier.kv.range(request)
         self.server.fill_header(response.header)
         return response
@@ -56,6 +57,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.server.applier.kv.validate_txn(request)
         if txn_is_read_only(request):
             await self.server.node.read_barrier()
+            await self.server.auth.check_txn(request)
             response = self.server.applier.kv.txn(request)
             self.server.fill_header(response.header)
             return response

@@ -5,6 +5,10 @@ and every raised alarm as etcd prints it; `Defragment` and `Alarm` answer withou
 `Alarm` goes through Raft for every action (so a GET is linearizable); `HashKV`'s header carries
 the member's current revision.
 
+With auth enabled, Defragment, Hash, HashKV and Snapshot need the root role; Status, Alarm and
+MoveLeader are open to anyone, as in etcd 3.4. This service hands auth errors back untranslated
+(code Unknown, "auth: permission denied"), as etcd 3.4's does.
+
 `Snapshot` streams a consistent copy of the backend database, taken with the backend's own
 online backup into a temporary file beside the database (the live file keeps changing, and the
 stream may be slow), in chunks whose `remaining_bytes` counts down to 0, then one last message
@@ -21,8 +25,9 @@ from pathlib import Path
 
 import grpc
 
-from raftkv.api.handlers import abort_with, requires_leader, unary
+from raftkv.api.handlers import abort_with, credentials, requires_leader, unary
 from raftkv.apply.alarms import alarm_text
+from raftkv.auth import AuthError, Credentials, UntranslatedAuthError
 from raftkv.node.admin import ClusterAdmin
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -71,9 +76,12 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        response: rpc_pb2.AlarmResponse = await self.server.propose(
-            serverpb.InternalRequest(alarm=request)
-        )
+        try:
+            response: rpc_pb2.AlarmResponse = await self.server.propose(
+                serverpb.InternalRequest(alarm=request)
+            )
+        except AuthError as error:  # an invalid token
+            raise UntranslatedAuthError(error) from None
         response.ClearField("header")  # etcd 3.4 answers alarms without one
         return response
 
@@ -81,6 +89,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
+        await self._require_admin()
         applier = self.server.applier
         # Rows a compaction still has to delete would otherwise survive the rebuild.
         applier.store.finish_compaction()
@@ -91,6 +100,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Hash(
         self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashResponse:
+        await self._require_admin()
         response = rpc_pb2.HashResponse(hash=self.server.applier.backend.hash())
         self.server.fill_header(response.header)
         return response
@@ -99,6 +109,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
+        await self._require_admin()
         hash_, compact, current = self.server.applier.store.hash_kv(request.revision)
         response = rpc_pb2.HashKVResponse(hash=hash_, compact_revision=compact)
         self.server.fill_header(response.header, current)
@@ -123,6 +134,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         try:
             if requires_leader(context):
                 self.server.node.require_leader()
+            await self._require_admin(credentials(context))
             header = rpc_pb2.ResponseHeader()
             self.server.fill_header(header)
             self.server.applier.backend.snapshot_to(path)
@@ -132,6 +144,12 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             await abort_with(context, error)
         finally:
             path.unlink(missing_ok=True)
+
+    async def _require_admin(self, caller: Credentials | None = None) -> None:
+        try:
+            await self.server.auth.require_admin(caller)
+        except AuthError as error:
+            raise UntranslatedAuthError(error) from None
 
 
 async def _stream_file(

@@ -16,6 +16,7 @@ import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from raftkv.api import instrument
+from raftkv.api.auth import AuthService
 from raftkv.api.cluster import ClusterService
 from raftkv.api.decoding import StrictDecodingInterceptor
 from raftkv.api.election import ElectionService
@@ -76,6 +77,7 @@ def build_grpc_server(
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(member), server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(member), server)
     watch = WatchService(
         member, max_response_bytes=member.config.max_request_bytes + GRPC_OVERHEAD_BYTES
     )

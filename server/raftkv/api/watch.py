@@ -11,6 +11,10 @@ watch package's, kept as is even when it is 0 (etcd's compaction cancel). Watche
 with `fragment=true` get large responses split at `max_response_bytes`, which is etcd's
 limit: --max-request-bytes plus the gRPC overhead allowance.
 
+A create needs read access to the whole watched range (etcd checks it against the stream's
+token at each create); a refused one is answered created-and-canceled with id -1 and the error in
+`cancel_reason`, as etcd does, and the stream goes on.
+
 A call made with the `hasleader=true` metadata fails at once with "etcdserver: no leader"
 when the member knows no leader, and is ended with that error once the member has been
 without a leader for more than three election timeouts, as etcd 3.4 does.
@@ -26,8 +30,10 @@ from typing import Any
 
 import grpc
 
+from raftkv.api.auth import watch_refusal
 from raftkv.api.decoding import abort_if_undecodable
-from raftkv.api.handlers import abort_with, requires_leader
+from raftkv.api.handlers import abort_with, credentials, requires_leader
+from raftkv.auth import AuthError, Credentials
 from raftkv.node.errors import NoLeaderError
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -60,7 +66,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = self.server.watchable.open_stream()
         if needs_leader:
             self._bind_to_leader(stream)
-        reader = asyncio.create_task(self._read_requests(context, stream))
+        caller = credentials(context)
+        reader = asyncio.create_task(self._read_requests(context, stream, caller))
         try:
             while True:
                 try:
@@ -94,7 +101,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         attributes = {"watch.id": item.response.watch_id, "watch.events": len(item.response.events)}
         return tracing.span_under(item.trace, "watch.send", attributes)
 
-    async def _read_requests(self, context: grpc.aio.ServicerContext, stream: WatchStream) -> None:
+    async def _read_requests(
+        self, context: grpc.aio.ServicerContext, stream: WatchStream, caller: Credentials
+    ) -> None:
         """Apply the client's requests until it half-closes (the stream then stays open for
         responses, as in etcd) or the call ends."""
         try:
@@ -106,7 +115,14 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 await abort_if_undecodable(request, context)
                 kind = request.WhichOneof("request_union")
                 if kind == "create_request":
-                    stream.create(request.create_request)
+                    create = request.create_request
+                    try:
+                        await self.server.auth.check_watch(create.key, create.range_end, caller)
+                    except AuthError as error:
+                        revision = self.server.watchable.current_revision
+                        stream.push_control(watch_refusal(error, revision))
+                        continue
+                    stream.create(create)
                 elif kind == "cancel_request":
                     stream.cancel(request.cancel_request.watch_id)
                 elif kind == "progress_request":

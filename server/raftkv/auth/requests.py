@@ -160,7 +160,7 @@ class AuthApplier:
             store.role_delete(body.role)
             return pb.AuthRoleDeleteResponse()
         if kind == "auth_role_grant_permission":
-            store.role_grant_permission(body.name, body.perm)
+            store.role_grant_permission(body.name, body.perm if body.HasField("perm") else None)
             return pb.AuthRoleGrantPermissionResponse()
         if kind == "auth_role_revoke_permission":
             store.role_revoke_permission(body.role, body.key, body.range_end)

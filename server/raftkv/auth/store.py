@@ -30,6 +30,7 @@ from raftkv.auth.errors import (
     InvalidAuthMgmtError,
     NoPasswordUserError,
     PermissionDeniedError,
+    PermissionNotGivenError,
     PermissionNotGrantedError,
     RoleEmptyError,
     RoleExistsError,
@@ -293,8 +294,10 @@ class AuthStore:
                 self._put_user(user)
         self._bump_revision()
 
-    def role_grant_permission(self, name: str, perm: auth_pb2.Permission) -> None:
+    def role_grant_permission(self, name: str, perm: auth_pb2.Permission | None) -> None:
         role = self._require_role(name)
+        if perm is None:  # etcd 3.4 crashes here; later versions refuse it so
+            raise PermissionNotGivenError()
         grants = [_copy(g) for g in role.keyPermission]
         # etcd looks only at the first grant whose key is >= the new one's.
         at = bisect.bisect_left([g.key for g in grants], perm.key)

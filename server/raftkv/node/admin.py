@@ -1,7 +1,8 @@
 """Cluster administration on one member: membership changes and leadership transfer.
 
 What etcd's Cluster service and MoveLeader do, in etcd 3.4's order, so that the same request
-fails with the same error: first the URL rules, then (with `--strict-reconfig-check`) the
+fails with the same error: first the URL rules of MemberAdd, then the caller's root role (with
+auth enabled; MoveLeader needs none, as in etcd 3.4), then (with `--strict-reconfig-check`) the
 quorum checks of `membership.reconfig` against this member's view of which peers are started
 and connected, then a check against the applied member list (the same one every member repeats
 when the change is applied, done here too so an obvious mistake costs no Raft round), then the
@@ -44,6 +45,7 @@ class ClusterAdmin:
     ) -> tuple[Member, list[Member]]:
         """Add a member that has not started yet; returns it and the member list after."""
         urls = reconfig.parse_peer_urls(peer_urls)
+        await self.server.auth.require_admin()
         # etcd 3.4 derives a runtime member's ID from its URLs and the time, with no token.
         member = Member(
             id=compute_member_id(urls, "", now=int(time.time())),
@@ -61,6 +63,7 @@ class ClusterAdmin:
 
     async def remove_member(self, member_id: int) -> list[Member]:
         """Remove a member (the leader too: it hands over and stops once this applies)."""
+        await self.server.auth.require_admin()
         if self._strict:
             reconfig.check_remove(self._members(), member_id, self._self_id, self._connected)
         change = raftpb.ConfChange(type=raftpb.CONF_CHANGE_REMOVE_NODE, node_id=member_id)
@@ -70,6 +73,7 @@ class ClusterAdmin:
 
     async def update_member(self, member_id: int, peer_urls: Sequence[str]) -> list[Member]:
         """Replace a member's peer URLs."""
+        await self.server.auth.require_admin()
         urls = reconfig.parse_peer_urls(peer_urls)
         context = Member(id=member_id, name="", peer_urls=urls).to_json()
         change = raftpb.ConfChange(
@@ -81,6 +85,7 @@ class ClusterAdmin:
 
     async def promote_member(self, member_id: int) -> list[Member]:
         """Make a caught-up learner a voter. Only the leader can judge "caught up"."""
+        await self.server.auth.require_admin()
         node = self.server.node
         if not node.is_leader:
             raise NotLeaderError()

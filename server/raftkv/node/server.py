@@ -34,6 +34,7 @@ from typing import Any
 
 from raftkv.apply.alarms import CORRUPT, NOSPACE
 from raftkv.apply.applier import Applier
+from raftkv.auth import ROOT, AuthGate, identity
 from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
 from raftkv.membership import Member, compute_cluster_id, compute_member_id
 from raftkv.node import compactor, join
@@ -104,6 +105,7 @@ class MemberServer:
         self._auto_compactor: asyncio.Task[None] | None = None
         self._corruption_check: asyncio.Task[None] | None = None
         self.quota: BackendQuota
+        self.auth: AuthGate
 
     # ---- start and stop ----------------------------------------------------------------------
 
@@ -114,7 +116,10 @@ class MemberServer:
             min_ttl=min_lease_ttl(self.config.election_ticks, self.config.heartbeat_interval_ms)
         )
         self.applier = Applier(
-            self.snap_dir / "db", max_txn_ops=self.config.max_txn_ops, lessor=lessor
+            self.snap_dir / "db",
+            max_txn_ops=self.config.max_txn_ops,
+            lessor=lessor,
+            tokens=self.config.token_provider(),
         )
         # Watchers follow the store's writes and resync when a snapshot replaces the store.
         self.watchable = WatchableStore(self.applier.store, tracing=self.tracing)
@@ -143,6 +148,12 @@ class MemberServer:
             request_timeout=self.request_timeout,
             metrics=metrics,
             tracer=RaftTracer(self.tracing, self.member_id) if self.tracing else None,
+        )
+        self.auth = AuthGate(
+            lambda: self.applier.auth.store,
+            self.node.wait_applied,
+            self.applier.lessor.keys,
+            index_wait=self.request_timeout,
         )
         self.quota = BackendQuota(
             self.config.effective_quota_backend_bytes,
@@ -313,7 +324,12 @@ class MemberServer:
         )
 
     async def _propose_for_keeper(self, request: serverpb.InternalRequest) -> Any:
-        """The lease keeper's proposals; a revoke it proposes is an expiry."""
+        """The lease keeper's proposals; a revoke it proposes is an expiry, made with root's
+        rights as etcd makes it (the lease's keys may belong to anyone)."""
+        with identity.bound(ROOT):
+            return await self._propose_expiry(request)
+
+    async def _propose_expiry(self, request: serverpb.InternalRequest) -> Any:
         if self.tracing is not None and request.HasField("lease_revoke"):
             # An expiry starts a trace of its own: its proposal, replication and apply.
             attributes = {"raftkv.lease_id": request.lease_revoke.ID}
@@ -526,8 +542,11 @@ class MemberServer:
     # ---- what the API layer uses -------------------------------------------------------------
 
     async def propose(self, request: serverpb.InternalRequest) -> Any:
+        """Replicate and apply `request` on behalf of the caller bound to the running task
+        (`raftkv.auth.identity`), who is named in its header and authorized when it applies."""
         if request.ByteSize() > self.config.max_request_bytes:
             raise RequestTooLargeError()
+        await self.auth.stamp(request.header)
         await self.quota.enforce(request)
         try:
             response = await self.node.propose(request)
