@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from raftkv.pb.serverpb import internal_pb2 as serverpb
 
 GIVE_UP_SECONDS = 30.0
 _SWEEP_EVERY_NS = 1_000_000_000
+_UNTRACED: AbstractContextManager[None] = nullcontext()
 
 
 def header_trace_context(entry: raftpb.Entry) -> bytes:
@@ -253,13 +254,15 @@ class RaftTracer:
             if latest is not None:
                 message.trace_context = encode(latest[1].get_span_context())
 
-    @contextmanager
-    def applying(self, index: int) -> Iterator[None]:
+    def applying(self, index: int) -> AbstractContextManager[None]:
         """A `raft.apply` span, current while the entry at `index` is applied (if traced)."""
         traced = self._entries.get(index)
         if traced is None:
-            yield
-            return
+            return _UNTRACED
+        return self._apply_span(traced)
+
+    @contextmanager
+    def _apply_span(self, traced: _Traced) -> Iterator[None]:
         attributes = self._attributes(traced, **{"raft.role": _role(traced)})
         with self._tracing.span_under(traced.parent, "raft.apply", attributes):
             yield
