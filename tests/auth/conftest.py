@@ -1,11 +1,14 @@
 """Fixtures for the auth tests: a fake clock, a real sqlite backend, and an auth store over it.
 
 Passwords are hashed at bcrypt's lowest cost (4) here: the store never hashes, and the tests of
-hashing itself do not need etcd's slow default.
+hashing itself do not need etcd's slow default. `async def` tests run in a fresh event loop each,
+under a deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,16 @@ from raftkv.auth import AuthStore, SimpleTokens, hash_password
 from raftkv.storage.backend import Backend
 
 TEST_COST = 4
+_ASYNC_DEADLINE_S = 10.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), _ASYNC_DEADLINE_S))
+    return True
 
 
 class FakeClock:
