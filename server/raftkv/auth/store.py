@@ -15,7 +15,8 @@ key and range end only when it is the first grant at that key (etcd's search), a
 sorted by key.
 
 The checks (`is_*_permitted`) answer the question for a resolved caller and raise etcd's error;
-they do nothing while auth is disabled. Merged grants are cached per user until the next change.
+they do nothing while auth is disabled. What each user may access (its merged grants) is cached
+until the next change, so a check costs no backend read.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _ENABLED, _DISABLED = b"\x01", b"\x00"
 
 ROOT_USER = "root"
 ROOT_ROLE = "root"
+# The access of a user holding the root role: everything.
+_ALL = RangePermissions()
 
 
 class AuthBackend(Protocol):
@@ -85,7 +88,8 @@ class AuthStore:
         else:
             self._revision = int.from_bytes(stored, "big")
         self._enabled = backend.get(AUTH_BUCKET, _ENABLED_KEY) == _ENABLED
-        self._perms: dict[str, RangePermissions] = {}
+        # Per user, what `_load_access` found; valid until the next change.
+        self._access: dict[str, RangePermissions | None] = {}
         if self._enabled:
             tokens.enable()
         else:
@@ -174,18 +178,23 @@ class AuthStore:
             raise UserEmptyError()
         if info.revision < self._revision:
             raise AuthOldRevisionError()
-        user = self.get_user(info.username)
-        if user is None:
+        if info.username not in self._access:
+            self._access[info.username] = self._load_access(info.username)
+        access = self._access[info.username]
+        if access is None:  # no such user
             raise PermissionDeniedError()
-        if ROOT_ROLE in user.roles:
+        if access is _ALL:
             return
-        perms = self._perms.get(info.username)
-        if perms is None:
-            perms = self._perms[info.username] = self._merge(user)
-        if not perms.allows(perm_type, key, range_end):
+        if not access.allows(perm_type, key, range_end):
             raise PermissionDeniedError()
 
-    def _merge(self, user: auth_pb2.User) -> RangePermissions:
+    def _load_access(self, username: str) -> RangePermissions | None:
+        """What `username` may touch: None (no such user), _ALL (root role), or its grants."""
+        user = self.get_user(username)
+        if user is None:
+            return None
+        if ROOT_ROLE in user.roles:
+            return _ALL
         roles = (self.get_role(name) for name in user.roles)
         return RangePermissions.merge(p for role in roles if role for p in role.keyPermission)
 
@@ -201,7 +210,7 @@ class AuthStore:
             raise RootRoleNotExistError()
         self._backend.put(AUTH_BUCKET, _ENABLED_KEY, _ENABLED)
         self._enabled = True
-        self._perms.clear()
+        self._access.clear()
         self._tokens.enable()
 
     def disable(self) -> None:
@@ -347,7 +356,7 @@ class AuthStore:
     def _bump_revision(self) -> None:
         self._revision += 1
         self._backend.put(AUTH_BUCKET, _REVISION_KEY, self._revision.to_bytes(8, "big"))
-        self._perms.clear()
+        self._access.clear()
 
 
 def _copy(perm: auth_pb2.Permission) -> auth_pb2.Permission:
