@@ -172,7 +172,8 @@ def method(profile: Profile, wait_quiet: float) -> list[str]:
         "size the generator competes with the members for CPU, so fast etcd numbers may be "
         "bounded by the client; 'member CPU per op' (CPU of all three members divided by "
         "requests) does not depend on that, and 'load generator CPU' shows how busy the "
-        "client was (1.0 = one full core).",
+        "client was (1.0 = one full core). CPU per op is also the figure least disturbed when "
+        "other jobs share the machine.",
         "Latency percentiles are nearest-rank over every request of the measured phase.",
         "`etcdctl check perf` is etcd's own Go load tool, run unchanged against both.",
         f"'{OTHER_CPU_METRIC}' is the machine's busy CPU time during the workload minus the "

@@ -557,7 +557,12 @@ WORKLOADS: list[Workload] = [
         "and from 64 clients spread over the members; serializable reads (the member's local "
         "state) from 64 clients.",
         reads,
-        headlines=("linearizable, 64 clients: throughput", "serializable, 64 clients: throughput"),
+        headlines=(
+            "linearizable, 64 clients: throughput",
+            "linearizable, 64 clients: member CPU per op",
+            "serializable, 64 clients: throughput",
+            "serializable, 64 clients: member CPU per op",
+        ),
     ),
     Workload(
         "watch",
@@ -575,7 +580,7 @@ WORKLOADS: list[Workload] = [
         "16 LeaseKeepAlive streams, each renewing its own 60 s lease with one request in "
         "flight; requests/s answered.",
         lease_keepalive,
-        headlines=("16 streams: throughput",),
+        headlines=("16 streams: throughput", "16 streams: member CPU per op"),
     ),
     Workload(
         "memory",
