@@ -34,6 +34,13 @@ class FakeNode:
             raise NoLeaderError()
 
 
+class OpenGate:
+    """The member's auth gate with auth disabled: every watch may be created."""
+
+    async def check_watch(self, key: bytes, range_end: bytes, credentials: object) -> None:
+        return None
+
+
 @dataclass
 class FakeMember:
     """The parts of MemberServer the Watch service uses."""
@@ -41,6 +48,7 @@ class FakeMember:
     store: KVStore
     watchable: WatchableStore
     node: FakeNode = field(default_factory=FakeNode)
+    auth: OpenGate = field(default_factory=OpenGate)
     config: Any = field(
         default_factory=lambda: SimpleNamespace(election_timeout_ms=ELECTION_TIMEOUT_MS)
     )
