@@ -38,10 +38,18 @@ class FakeMembership:
         return self.members.get(member_id)
 
 
+class OpenGate:
+    """The member's auth gate with auth disabled: anyone may change membership."""
+
+    async def require_admin(self) -> None:
+        return None
+
+
 class FakeServer:
     def __init__(self, node: FakeNode, *members: Member) -> None:
         self.member_id = node.member_id
         self.node = node
+        self.auth = OpenGate()
         self.applier: Any = type("Applier", (), {"membership": FakeMembership(*members)})()
 
 
