@@ -4,7 +4,8 @@ Auth state travels through Raft and lives in the backend, so any member answers 
 member that restarts still has it. Simple tokens are issued through Raft too, so a token from
 one member works on the others; they live in memory only and die with a restart, or when unused
 for `--auth-token-ttl` seconds. JWT tokens, signed with a key made by `openssl` here, need no
-shared state at all, and become "old" once users, roles or grants change.
+shared state at all, and become "old" once users, roles or grants change. The JSON gateway's
+clients send their token in the Authorization header.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -58,6 +60,24 @@ def refused(action: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as error:
         action()
     return error.value.code(), error.value.details()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def post(
+    member: RaftKVMember, path: str, body: dict[str, str], token: str | None = None
+) -> dict[str, object]:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = token
+    request = urllib.request.Request(
+        member.client_url + path, json.dumps(body).encode(), headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
+        answer: dict[str, object] = json.loads(response.read())
+    return answer
 
 
 def set_up_auth(member: RaftKVMember) -> None:
@@ -113,6 +133,11 @@ def test_auth_state_is_replicated_survives_restarts_and_tokens_work_everywhere(
         grpc.StatusCode.PERMISSION_DENIED,
         "etcdserver: permission denied",
     )
+    # The JSON gateway passes the Authorization header on as the token.
+    http_token = post(m1, "/v3/auth/authenticate", {"name": "alice", "password": "alicepw"})
+    found = post(m2, "/v3/kv/range", {"key": b64(b"/app/x")}, str(http_token["token"]))
+    assert found["kvs"][0]["value"] == b64(b"hello")  # type: ignore[index]
+
     root = authenticate(m2, "root", "rootpw")
     listed = call(
         m2,
