@@ -19,7 +19,6 @@ The clock is injected, so expiry is tested without waiting.
 
 from __future__ import annotations
 
-import logging
 import random
 import secrets
 import string
@@ -35,8 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from raftkv.auth.errors import VerifyOnlyError
 from raftkv.auth.identity import AuthInfo
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SIMPLE_TTL = 300.0
 DEFAULT_JWT_TTL = 300.0
@@ -263,16 +260,13 @@ def _read(path: str) -> bytes:
         raise TokenConfigError(f"cannot read jwt key {path}: {error.strerror}") from None
 
 
-def _key_type_for(method: str) -> type:
-    return ec.EllipticCurvePrivateKey if method.startswith("ES") else rsa.RSAPrivateKey
-
-
 def _load_private(path: str, method: str) -> Any:
     try:
         key = serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError) as error:
         raise TokenConfigError(f"jwt priv-key {path} is not a PEM private key: {error}") from None
-    if not isinstance(key, _key_type_for(method)):
+    wanted = ec.EllipticCurvePrivateKey if method.startswith("ES") else rsa.RSAPrivateKey
+    if not isinstance(key, wanted):
         raise TokenConfigError(f"jwt priv-key {path} does not suit sign-method {method}")
     return key
 
