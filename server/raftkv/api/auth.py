@@ -26,8 +26,7 @@ import grpc
 
 from raftkv.api import errors
 from raftkv.api.handlers import unary
-from raftkv.auth import AuthError, hash_password, password_matches
-from raftkv.auth.errors import AuthFailedError
+from raftkv.auth import AuthError, AuthFailedError, hash_password, password_matches
 from raftkv.node.server import MemberServer
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc
