@@ -10,11 +10,13 @@ with `context.read()` call `abort_if_undecodable` themselves).
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from raftkv.observability.interceptors import HandlerWrappingInterceptor
 
 
 class _Undecodable:
@@ -93,15 +95,8 @@ def _streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
     return handle
 
 
-class StrictDecodingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+class StrictDecodingInterceptor(HandlerWrappingInterceptor):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         changes: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
         if handler.unary_unary is not None:
             changes["unary_unary"] = _unary(handler.unary_unary)

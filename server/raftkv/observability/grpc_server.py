@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from raftkv.observability.interceptors import HandlerWrappingInterceptor
 
 # prometheus-client's default buckets are Go's prometheus.DefBuckets, which etcd uses here.
 HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -116,7 +118,7 @@ async def _counted(requests: AsyncIterator[Any], stats: _MethodStats) -> AsyncIt
         yield request
 
 
-class GrpcServerMetrics(grpc.aio.ServerInterceptor):
+class GrpcServerMetrics(HandlerWrappingInterceptor):
     """A grpc.aio server interceptor reporting go-grpc-prometheus' metrics."""
 
     def __init__(
@@ -156,7 +158,7 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             registry=registry,
         )
         self._stats: dict[str, _MethodStats] = {}
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()
         for service in services:
             for method in service.methods:
                 stats = self._method_stats(
@@ -173,23 +175,7 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             stats = self._stats[full_method] = _MethodStats(self, (kind, service, method))
         return stats
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         stats = self._method_stats(
             method, grpc_type(handler.request_streaming, handler.response_streaming)
         )
