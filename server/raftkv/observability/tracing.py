@@ -203,11 +203,6 @@ class Tracing:
         ) as span:
             yield span
 
-    @staticmethod
-    def current_traceparent() -> bytes:
-        """The current span's context to propagate; b"" when it is not sampled."""
-        return encode(trace.get_current_span().get_span_context())
-
     # ---- gRPC --------------------------------------------------------------------------------
 
     def server_interceptor(self) -> TracingServerInterceptor:
