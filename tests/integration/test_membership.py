@@ -23,6 +23,7 @@ from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from tests.membership.support import (
     ctl_error,
     ctl_ok,
+    ctl_ok_once_healthy,
     leader_of,
     member_ids,
     start_joining_member,
@@ -93,7 +94,9 @@ def test_learner_joins_from_a_snapshot_serves_reads_and_is_promoted(tmp_path: Pa
         cluster_id = statuses(endpoints)[0]["Status"]["header"]["cluster_id"]
 
         peer_url = f"http://127.0.0.1:{free_port()}"
-        added = ctl_ok(endpoints, "member", "add", "m3", "--learner", f"--peer-urls={peer_url}")
+        added = ctl_ok_once_healthy(
+            endpoints, "member", "add", "m3", "--learner", f"--peer-urls={peer_url}"
+        )
         match = re.fullmatch(
             r"Member +([0-9a-f]+) added to cluster +([0-9a-f]+)\n\n"
             r'ETCD_NAME="m3"\nETCD_INITIAL_CLUSTER="(.*)"\n'

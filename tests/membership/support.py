@@ -20,6 +20,20 @@ def ctl_ok(endpoints: str, *args: str) -> str:
     return result.stdout
 
 
+def ctl_ok_once_healthy(endpoints: str, *args: str, timeout: float = 15.0) -> str:
+    """Like ctl_ok for a membership change, retried while the strict reconfiguration check
+    answers "unhealthy cluster" (peer streams still coming up after a restart), as an operator
+    would retry it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = etcdctl(endpoints, *args)
+        unhealthy = "etcdserver: unhealthy cluster" in result.stderr
+        if result.returncode == 0 or not unhealthy or time.monotonic() > deadline:
+            assert result.returncode == 0, f"etcdctl {' '.join(args)}: {result.stderr}"
+            return result.stdout
+        time.sleep(0.5)
+
+
 def ctl_error(endpoints: str, *args: str) -> str:
     """etcdctl's `Error: ...` line; the command must fail."""
     result = etcdctl(endpoints, *args)
