@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -251,3 +253,22 @@ def test_first_bytes_arriving_one_by_one_are_still_routed() -> None:
             raw.close()
 
     asyncio.run(run())
+
+
+def test_a_dead_pump_thread_ends_the_process_instead_of_leaving_it_deaf() -> None:
+    # Run in a child: the guard ends the whole process with status 1.
+    script = (
+        "import time\n"
+        "from raftkv.api.http.pump import SplicePump\n"
+        "pump = SplicePump()\n"
+        "def broken():\n"
+        "    raise RuntimeError('injected pump failure')\n"
+        "pump._pump = broken\n"
+        "pump.start()\n"
+        "time.sleep(10)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1
+    assert "injected pump failure" in done.stderr

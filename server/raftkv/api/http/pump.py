@@ -157,6 +157,15 @@ class SplicePump:
     # ---- the pump thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._pump()
+        except BaseException:
+            # Without this thread no gRPC call reaches the member: better to stop the process
+            # (its WAL makes that safe) so a supervisor restarts it than to serve nothing.
+            log.critical("gRPC connection pump died; the member exits", exc_info=True)
+            os._exit(1)
+
+    def _pump(self) -> None:
         while not self._stopping:
             for fd, events in self._epoll.poll():
                 if fd == self._wake_r:
@@ -177,9 +186,12 @@ class SplicePump:
     def _adopt(self) -> None:
         while self._incoming:
             link = self._incoming.popleft()
-            for sock in (link.client, link.server):
-                self._links[sock.fileno()] = link
-                self._epoll.register(sock.fileno(), _IN)
+            try:
+                for sock in (link.client, link.server):
+                    self._links[sock.fileno()] = link
+                    self._epoll.register(sock.fileno(), _IN)
+            except (OSError, ValueError):  # a client gone before its link was adopted
+                self._close(link)
 
     def _on_event(self, link: _Link, fd: int, events: int) -> None:
         reading, writing = link.flows(fd)
