@@ -170,3 +170,25 @@ def test_every_class_defaults_to_etcds_message() -> None:
     assert err.message == "etcdserver: mvcc: required revision has been compacted"
     expected = "NoLeaderError('etcdserver: no leader', code=UNAVAILABLE)"
     assert repr(errors.NoLeaderError()) == expected
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_stream_torn_down_by_the_transport_counts_as_unavailable() -> None:
+    # grpc-core's words when the member dies mid-call; recipes and streams fail over on it.
+    torn = errors.from_rpc_error(
+        _FakeRpcError(grpc.StatusCode.UNKNOWN, "Stream removed (sendmsg: Broken pipe (32))")
+    )
+    assert isinstance(torn, errors.UnavailableError)
+    assert torn.code is grpc.StatusCode.UNAVAILABLE
+    other = errors.from_rpc_error(_FakeRpcError(grpc.StatusCode.UNKNOWN, "election: no leader"))
+    assert not isinstance(other, errors.UnavailableError)

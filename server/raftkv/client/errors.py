@@ -504,10 +504,18 @@ def from_status(code: grpc.StatusCode, message: str) -> EtcdError:
     return cls(message, code=code)
 
 
+# grpc-core reports a stream torn down under it (the member died mid-call) as UNKNOWN with this
+# text: a connection failure, which callers treat as UNAVAILABLE (watches and keep-alives move
+# to another member; a unary write is still not resent, see transport.never_sent).
+_TRANSPORT_BROKE = "Stream removed"
+
+
 def from_rpc_error(error: grpc.RpcError) -> EtcdError:
     """The typed error for a failed gRPC call (sync or asyncio)."""
     code = error.code() if hasattr(error, "code") else _S.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
+    if code is _S.UNKNOWN and (details or "").startswith(_TRANSPORT_BROKE):
+        code = _S.UNAVAILABLE
     return from_status(code, details or str(code.name))
 
 
