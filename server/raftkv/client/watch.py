@@ -207,7 +207,7 @@ class Watch:
             if transport.wants_new_token(err):
                 await transport.refresh_token(token)
                 raise _Reconnect from None
-            if e.code() in _TRANSIENT:
+            if err.code in _TRANSIENT:
                 transport.mark_failed(endpoint)
                 raise _Reconnect from None
             raise err from None

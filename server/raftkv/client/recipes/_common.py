@@ -96,7 +96,8 @@ class Session:
 
     async def open(self) -> Lease:
         if self.lease is None:
-            self.lease = await self._client.lease(self._ttl).start()
+            # A grant repeated after an ambiguous failure may leave a spare lease: it expires.
+            self.lease = await retrying(lambda: self._client.lease(self._ttl).start())
         return self.lease
 
     async def close(self) -> None:
