@@ -8,6 +8,7 @@ of MemberAdd/Promote/Update/Remove and MoveLeader, and the success outputs aroun
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -81,6 +82,12 @@ class Session:
             text = "\n".join(sorted(text.splitlines()))
         self.transcript.append(f"$ etcdctl {self.normalize(' '.join(args))}\n{text}")
         return result.stdout
+
+    def at(self, endpoints: str) -> Session:
+        """The same names and transcript, with commands sent to `endpoints` only."""
+        other = copy.copy(self)
+        other.endpoints = endpoints
+        return other
 
     def leader(self) -> int:
         statuses = json.loads(self.raw("endpoint", "status", "-w", "json"))
