@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.raftkv import RaftKVCluster, start_raftkv_cluster
+from tests.support.raftkv import RaftKVCluster, RaftKVMember, start_raftkv_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,27 @@ def spawn(tmp_path: Path, cluster: RaftKVCluster) -> Iterator[Callable[..., Ctl]
         ctl.process.wait(timeout=10)
 
 
+@pytest.fixture(params=["all members up", "a member killed mid-test"])
+def kill_a_member(
+    request: pytest.FixtureRequest, cluster: RaftKVCluster
+) -> Iterator[Callable[[], None]]:
+    """Called mid-test: SIGKILLs the first follower when the test runs in its "member killed"
+    variant; restarts it afterwards."""
+    killed: list[RaftKVMember] = []
+
+    def kill() -> None:
+        if request.param == "all members up":
+            return
+        leader = cluster.leader()
+        victim = next(m for m in cluster.members if m is not leader)
+        victim.kill(signal.SIGKILL)
+        killed.append(victim)
+
+    yield kill
+    for victim in killed:
+        cluster.restart(victim)
+
+
 def test_six_lock_holders_never_overlap_even_when_a_follower_is_killed(
     cluster: RaftKVCluster, spawn: Callable[..., Ctl], tmp_path: Path
 ) -> None:
@@ -137,7 +158,7 @@ def test_lock_exits_with_the_commands_code_and_releases(cluster: RaftKVCluster) 
 
 
 def test_a_killed_registration_vanishes_from_discover_within_its_ttl(
-    cluster: RaftKVCluster, spawn: Callable[..., Ctl]
+    cluster: RaftKVCluster, spawn: Callable[..., Ctl], kill_a_member: Callable[[], None]
 ) -> None:
     ttl = 2
     register = spawn("register", "api", "api-1", "127.0.0.1:8001", "--ttl", str(ttl))
@@ -147,6 +168,7 @@ def test_a_killed_registration_vanishes_from_discover_within_its_ttl(
     listed = run_ctl(cluster.endpoints, "discover", "api")
     assert listed.stdout == "api-1 127.0.0.1:8001\napi-2 127.0.0.1:8002\n"
     wait_until(lambda: "api-2" in watcher.output, "the watcher's list")
+    kill_a_member()
 
     register.signal(signal.SIGKILL)
     killed = time.monotonic()
@@ -165,9 +187,13 @@ def test_a_killed_registration_vanishes_from_discover_within_its_ttl(
     wait_until(lambda: "removed api-2" in watcher.output, "the watcher", 3)
 
 
-def test_queue_is_fifo_across_processes(cluster: RaftKVCluster, spawn: Callable[..., Ctl]) -> None:
+def test_queue_is_fifo_across_processes(
+    cluster: RaftKVCluster, spawn: Callable[..., Ctl], kill_a_member: Callable[[], None]
+) -> None:
     items = [f"job-{i}" for i in range(4)]
-    for item in items:  # each push is its own process
+    for n, item in enumerate(items):  # each push is its own process
+        if n == 2:
+            kill_a_member()
         assert run_ctl(cluster.endpoints, "queue", "push", "/ctl/q", item).stdout == "OK\n"
     assert run_ctl(cluster.endpoints, "queue", "list", "/ctl/q").stdout.split() == items
     popped = [run_ctl(cluster.endpoints, "queue", "pop", "/ctl/q").stdout.strip() for _ in items]
@@ -186,12 +212,13 @@ def test_queue_is_fifo_across_processes(cluster: RaftKVCluster, spawn: Callable[
 
 
 def test_the_second_campaigner_wins_only_after_the_first_exits(
-    cluster: RaftKVCluster, spawn: Callable[..., Ctl]
+    cluster: RaftKVCluster, spawn: Callable[..., Ctl], kill_a_member: Callable[[], None]
 ) -> None:
     first = spawn("elect", "/ctl/el", "p1")
     wait_until(lambda: first.output.endswith("p1\n"), "p1 to lead")
     assert first.output.startswith("/ctl/el/")
     second = spawn("elect", "/ctl/el", "p2")
+    kill_a_member()
     time.sleep(1.5)
     assert second.output == "", "p2 must not lead while p1 does"
     first.signal(signal.SIGTERM)
