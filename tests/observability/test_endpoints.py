@@ -125,3 +125,12 @@ def test_metrics_are_the_registry_in_prometheus_text_format() -> None:
     assert response.status == 200
     assert response.content_type.startswith("text/plain; version=0.0.4")
     assert b"\nraftkv_test_total 3.0\n" in response.body
+
+
+def test_metrics_are_openmetrics_for_a_scraper_that_asks() -> None:
+    router = build(FakeMember())
+    accept = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    response = asyncio.run(router.dispatch(Request("GET", "/metrics", [("accept", accept)])))
+    assert response.content_type.startswith("application/openmetrics-text")
+    assert b"\nraftkv_test_total 3.0\n" in response.body
+    assert response.body.endswith(b"# EOF\n")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import text_fd_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families
 from raftkv.observability.grpc_server import go_code_name
+from raftkv.observability.tracing import Tracing, resource_for
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 from tests.observability.grpc_fixture import start_grpc
@@ -112,3 +118,35 @@ def test_registered_services_start_at_zero_for_every_code() -> None:
         if name == "grpc_server_handled_total" and dict(labels)["grpc_method"] == "Range"
     }
     assert len(codes) == 17
+
+
+def test_a_traced_calls_latency_carries_its_trace_id_as_an_exemplar() -> None:
+    registry = CollectorRegistry()
+    spans = InMemorySpanExporter()
+    tracing = Tracing.with_processors([SimpleSpanProcessor(spans)], resource_for("m1"))
+
+    async def run() -> None:
+        server, address, _ = await start_grpc(registry, tracing=tracing)
+        try:
+            async with grpc.aio.insecure_channel("unix-abstract:" + address[1:]) as channel:
+                await rpc_pb2_grpc.KVStub(channel).Put(rpc_pb2.PutRequest(key=b"a"))
+        finally:
+            await server.stop(grace=None)
+
+    asyncio.run(run())
+    tracing.shutdown()
+    (span,) = spans.get_finished_spans()
+    trace_id = f"{span.context.trace_id:032x}"
+    families = text_fd_to_metric_families(
+        io.StringIO(openmetrics.generate_latest(registry).decode())
+    )
+    exemplars = [
+        s.exemplar.labels
+        for family in families
+        if family.name == "grpc_server_handling_seconds"
+        for s in family.samples
+        if s.exemplar is not None
+    ]
+    assert exemplars == [{"trace_id": trace_id}]
+    # Untraced calls (tracing off) carry none: the plain text format is unchanged.
+    assert b"trace_id" not in generate_latest(registry)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from raftkv.api.http.router import TEXT, Handler, HttpRouter, Request, Response
 
@@ -77,6 +78,11 @@ def health_handler(source: HealthSource, on_result: Callable[[bool], None]) -> H
 
 def metrics_handler(registry: CollectorRegistry) -> Handler:
     async def metrics(request: Request) -> Response:
+        # A scraper that asks for OpenMetrics (Prometheus does) gets it, with the exemplars
+        # that link latency buckets to traces; anyone else gets etcd's text format.
+        if "application/openmetrics-text" in (request.header("accept") or ""):
+            body = openmetrics.generate_latest(registry)
+            return Response(200, body, openmetrics.CONTENT_TYPE_LATEST)
         return Response(200, generate_latest(registry), METRICS_CONTENT_TYPE)
 
     return metrics
