@@ -5,7 +5,9 @@ every second while a small load writes, watches, reads, grants leases that expir
 others alive. Then every PromQL expression of every server dashboard, with Grafana's template
 variables filled in as Grafana would, must return at least one sample that is a number, and
 every template variable query must find values. A dashboard panel that shows "No data" on a
-healthy cluster fails this test, naming the panel.
+healthy cluster fails this test, naming the panel. The members trace half of the requests (to
+their console: nothing leaves the machine), so every target marked `"exemplar": true` must
+also find exemplars carrying a trace ID in Prometheus' exemplar storage.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Prometheus:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={root / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                "--enable-feature=exemplar-storage",
                 "--log.level=warn",
             ],
             stdout=self.log,
@@ -102,6 +105,14 @@ class Prometheus:
         body = http_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
         assert body["status"] == "success", f"{expr}: {body.get('error')}"
         return body["data"]["result"]
+
+    def exemplars(self, expr: str) -> list[dict[str, Any]]:
+        """Exemplars of the series `expr` selects, over the last five minutes."""
+        now = time.time()
+        query = urllib.parse.urlencode({"query": expr, "start": now - 300, "end": now})
+        body = http_json(f"{self.url}/api/v1/query_exemplars?{query}")
+        assert body["status"] == "success", f"{expr}: {body.get('error')}"
+        return [e for series in body["data"] for e in series["exemplars"]]
 
     def label_values(self, match: str, label: str) -> set[str]:
         query = urllib.parse.urlencode({"match[]": match, "start": time.time() - 300})
@@ -191,14 +202,18 @@ class Load:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RaftKVCluster]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RaftKVCluster]:
+    # Traced requests put exemplars on the latency histograms.
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
     # Frequent snapshots, so the snapshot panels have data within the test.
     with start_raftkv_cluster(tmp_path, size=3, snapshot_count=100) as cluster:
         yield cluster
 
 
-def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(panel title, expression) of every target of every panel, rows included."""
+def dashboard_targets(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(panel title, target) of every target with an expression, rows included."""
 
     def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for panel in items:
@@ -208,7 +223,7 @@ def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for panel in panels(dashboard["panels"]):
         for target in panel.get("targets", []):
             if target.get("expr"):
-                yield panel["title"], target["expr"]
+                yield panel["title"], target
 
 
 def substitute(expr: str, instances: list[str]) -> str:
@@ -244,7 +259,7 @@ def test_every_dashboard_query_returns_data(cluster: RaftKVCluster, tmp_path: Pa
         assert len(up) == 3, f"prometheus scrapes {len(up)} of 3 members"
 
         missing: list[str] = []
-        checked = 0
+        checked = with_exemplars = 0
         for path in DASHBOARDS:
             dashboard = json.loads(path.read_text())
             for variable in dashboard["templating"]["list"]:
@@ -255,11 +270,17 @@ def test_every_dashboard_query_returns_data(cluster: RaftKVCluster, tmp_path: Pa
                 assert match, f"{path.name}: unsupported variable query {query}"
                 if not prometheus.label_values(match.group(1), match.group(2)):
                     missing.append(f"{path.name}: variable ${variable['name']}: {query}")
-            for title, expr in dashboard_queries(dashboard):
+            for title, target in dashboard_targets(dashboard):
                 checked += 1
-                if not has_number(prometheus.query(substitute(expr, instances))):
+                expr = substitute(target["expr"], instances)
+                if not has_number(prometheus.query(expr)):
                     missing.append(f"{path.name}: panel {title!r}: {expr}")
+                if target.get("exemplar"):
+                    with_exemplars += 1
+                    if not any("trace_id" in e["labels"] for e in prometheus.exemplars(expr)):
+                        missing.append(f"{path.name}: panel {title!r}: no exemplars: {expr}")
         assert checked > 40
+        assert with_exemplars >= 2, "the latency panels link to traces"
         assert not missing, "queries without data:\n" + "\n".join(missing)
     finally:
         load.stop()
