@@ -34,7 +34,7 @@ from bench.results import OTHER_CPU_METRIC, Metric, Outcome, Status, WorkloadRes
 from bench.workloads import FULL, QUICK, Profile, Workload, selected
 
 CHECKOUT = Path(__file__).resolve().parent.parent
-MICRO = ("wal_bench", "raft_bench")
+MICRO = ("wal_bench", "raft_bench", "tracing_bench")
 
 
 def _log(message: str) -> None:

@@ -9,6 +9,9 @@ they must report "unsupported" (what raftkv gets while it lacks a service), not 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -130,3 +133,20 @@ def test_memory_keeps_its_numbers_when_the_load_fails(tmp_path: Path) -> None:
     assert metrics["idle RSS, largest member"] > 0
     assert "request is too large" in str(metrics["100k keys: not reached"])
     assert "100k keys: RSS, largest member" not in metrics
+
+
+def test_the_tracing_benchmark_exports_spans_only_when_tracing_is_on() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_bench", "--seconds", "0.3", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {row["tracing"]: row for row in json.loads(run.stdout)["settings"]}
+    assert set(rows) == {"off", "1 % sampled", "100 % sampled"}
+    assert rows["off"]["spans exported"] == 0
+    # Each Put makes a dozen spans on a 3-member cluster (leader and followers).
+    assert rows["100 % sampled"]["spans exported"] > 10 * 10
+    assert all(row["puts/s (median)"] > 0 for row in rows.values())
