@@ -26,6 +26,7 @@ from raftkv.node.errors import JoinError
 from raftkv.pb.raftpb import peer_pb2_grpc
 from raftkv.pb.raftpb.peer_pb2 import MembersRequest, MembersResponse
 from raftkv.transport import wire
+from raftkv.transport.tls import ChannelTLS
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ def members_response(cluster_id: int, members: Iterable[Member]) -> MembersRespo
     return response
 
 
-async def fetch_cluster(peer_urls: Sequence[str], timeout: float) -> RemoteCluster | None:
+async def fetch_cluster(
+    peer_urls: Sequence[str], timeout: float, tls: ChannelTLS | None = None
+) -> RemoteCluster | None:
     """The first member list any of `peer_urls` serves, asking in rounds until `timeout`.
 
     A member that knows no members yet (itself still joining) does not count as an answer.
@@ -82,7 +85,7 @@ async def fetch_cluster(peer_urls: Sequence[str], timeout: float) -> RemoteClust
     deadline = time.monotonic() + timeout
     while True:
         for url in peer_urls:
-            remote = await _ask(url)
+            remote = await _ask(url, tls)
             if remote is not None:
                 return remote
         if time.monotonic() + RETRY_INTERVAL > deadline:
@@ -90,10 +93,12 @@ async def fetch_cluster(peer_urls: Sequence[str], timeout: float) -> RemoteClust
         await asyncio.sleep(RETRY_INTERVAL)
 
 
-async def _ask(url: str) -> RemoteCluster | None:
+async def _ask(url: str, tls: ChannelTLS | None) -> RemoteCluster | None:
     try:
-        channel = wire.open_channel(url, None)
-    except ValueError as error:
+        secure = tls is not None and wire.parse_url(url)[0] == "https"
+        credentials = (await tls.credentials(url))[1] if secure and tls is not None else None
+        channel = wire.open_channel(url, credentials)
+    except (ValueError, OSError) as error:
         log.warning("cannot ask %s for the member list: %s", url, error)
         return None
     async with channel:

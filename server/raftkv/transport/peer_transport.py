@@ -21,6 +21,11 @@ A peer that refuses us because we were removed from the cluster is reported thro
 
 The receiving side is `receiver.PeerService`, served by a grpc.aio server of its own on the
 member's peer URLs. Everything here runs on one event loop and is not thread-safe.
+
+TLS (https:// peer URLs): the server side takes gRPC server credentials (dynamic ones reload
+the certificate per handshake, see `transport.tls`); the sending side asks its `ChannelTLS` for
+credentials at every dial and replaces a channel whose credentials changed (a rotated
+certificate, or the certificate an auto-TLS peer now presents).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import grpc
@@ -56,6 +61,7 @@ from raftkv.transport.protocols import (
 )
 from raftkv.transport.receiver import PeerService
 from raftkv.transport.snapshot import remove_partial_snapshots, send_snapshot
+from raftkv.transport.tls import ChannelTLS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +104,8 @@ class _Peer:
         self.member_id = member_id
         self.urls = urls
         self.active_url: str | None = None
-        self.channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerStub]] = {}
+        # URL -> (channel, stub, the key of the TLS credentials it was opened with).
+        self.channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerStub, Hashable]] = {}
         self.queue: deque[Message] = deque()
         self.wakeup = asyncio.Event()
         self.state = _State.CONNECTING
@@ -107,12 +114,6 @@ class _Peer:
         self.writer: asyncio.Task[None] | None = None
         self.snapshot_tasks: set[asyncio.Task[None]] = set()
         self.stats = PeerStats()
-
-    def stub(self, url: str, credentials: grpc.ChannelCredentials | None) -> peer_pb2_grpc.PeerStub:
-        if url not in self.channels:
-            channel = wire.open_channel(url, credentials)
-            self.channels[url] = (channel, peer_pb2_grpc.PeerStub(channel))
-        return self.channels[url][1]
 
 
 class PeerTransport:
@@ -132,7 +133,7 @@ class PeerTransport:
         is_removed: IsRemoved = _never_removed,
         member_list: MemberList | None = None,
         on_removed: OnRemoved = _ignore_removed,
-        credentials: grpc.ChannelCredentials | None = None,
+        channel_tls: ChannelTLS | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         metrics: PeerMetrics | None = None,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
@@ -144,7 +145,7 @@ class PeerTransport:
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
         self._on_removed = on_removed
-        self._credentials = credentials
+        self._channel_tls = channel_tls
         self._server_credentials = server_credentials
         self._metrics: PeerMetrics = metrics if metrics is not None else NoopPeerMetrics()
         self._queue_limit = queue_limit
@@ -242,7 +243,7 @@ class PeerTransport:
                 task.cancel()
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-        for channel, _ in peer.channels.values():
+        for channel, _, _ in peer.channels.values():
             self._close_channel(channel)
         peer.channels.clear()
         peer.queue.clear()
@@ -283,7 +284,7 @@ class PeerTransport:
     async def probe(self, member_id: int, timeout: float = 2.0) -> float:
         """Measure one round trip to a peer in seconds; raises grpc.aio.AioRpcError on failure."""
         peer = self._peers[member_id]
-        stub = peer.stub(peer.active_url or peer.urls[0], self._credentials)
+        stub = await self._stub(peer, peer.active_url or peer.urls[0])
         started = time.monotonic()
         await stub.Probe(ProbeRequest(), metadata=self._metadata(peer), timeout=timeout)
         rtt = time.monotonic() - started
@@ -337,8 +338,12 @@ class PeerTransport:
         peer.restart = False
         metadata = self._metadata(peer)
         for url in list(peer.urls):
-            call = peer.stub(url, self._credentials).Stream(metadata=metadata)
-            error = await self._admitted(call)
+            try:
+                call = (await self._stub(peer, url)).Stream(metadata=metadata)
+            except OSError as exc:  # an auto-TLS peer's certificate could not be fetched
+                error: str | None = f"TLS: {exc}"
+            else:
+                error = await self._admitted(call)
             if error is None:
                 peer.active_url = url
                 return call
@@ -436,6 +441,26 @@ class PeerTransport:
             wire.parse_url(url)
         return list(urls)
 
+    async def _channel_credentials(
+        self, url: str
+    ) -> tuple[Hashable, grpc.ChannelCredentials | None]:
+        if self._channel_tls is None or wire.parse_url(url)[0] != "https":
+            return None, None
+        return await self._channel_tls.credentials(url)
+
+    async def _stub(self, peer: _Peer, url: str) -> peer_pb2_grpc.PeerStub:
+        """The stub of the channel to `url`, reopened when its TLS credentials changed."""
+        key, credentials = await self._channel_credentials(url)
+        cached = peer.channels.get(url)
+        if cached is not None and cached[2] == key:
+            return cached[1]
+        if cached is not None:
+            self._close_channel(cached[0])
+        channel = wire.open_channel(url, credentials)
+        stub = peer_pb2_grpc.PeerStub(channel)
+        peer.channels[url] = (channel, stub, key)
+        return stub
+
     def _close_channel(self, channel: grpc.aio.Channel) -> None:
         task = asyncio.get_running_loop().create_task(channel.close())
         self._closing.add(task)
@@ -480,7 +505,8 @@ class PeerTransport:
 
         refusals = []
         for url in list(peer.urls):
-            channel = wire.open_channel(url, self._credentials, wire.SNAPSHOT_CHANNEL_OPTIONS)
+            _, credentials = await self._channel_credentials(url)
+            channel = wire.open_channel(url, credentials, wire.SNAPSHOT_CHANNEL_OPTIONS)
             try:
                 call = peer_pb2_grpc.PeerStub(channel).SendSnapshot(metadata=self._metadata(peer))
                 error = await self._admitted(call)
