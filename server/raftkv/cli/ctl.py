@@ -171,6 +171,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     # Command groups import this module for Context and CommandError, hence the late import.
     from raftkv.cli import (
+        ctl_backup,
         ctl_kv,
         ctl_lease,
         ctl_maintenance,
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         ctl_member,
         ctl_maintenance,
         ctl_snapshot,
+        ctl_backup,
         ctl_recipes,
     ):
         group.register(commands)

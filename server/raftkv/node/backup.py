@@ -31,7 +31,7 @@ import os
 import shutil
 import sqlite3
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +179,9 @@ class RestoreSpec:
     initial_cluster_token: str
     initial_advertise_peer_urls: Sequence[str]
     skip_hash_check: bool = False
+    # Called with the restored store (at the snapshot's revision) before the backend is sealed,
+    # to apply later changes: point-in-time restores replay backed-up events here.
+    replay: Callable[[KVStore], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,8 +235,14 @@ def _copy_prefix(source: Path, dest: Path, length: int) -> None:
         os.fsync(out.fileno())
 
 
-def _rewrite_backend(db: Path, members: Sequence[Member], cluster_id: int) -> int:
-    """Give the database the new cluster's identity; returns its current revision."""
+def _rewrite_backend(
+    db: Path,
+    members: Sequence[Member],
+    cluster_id: int,
+    replay: Callable[[KVStore], object] | None = None,
+) -> int:
+    """Give the database the new cluster's identity (and `replay`'s changes); returns its
+    current revision."""
     backend = Backend(db)
     try:
         for bucket in _OLD_CLUSTER_BUCKETS:
@@ -249,6 +258,8 @@ def _rewrite_backend(db: Path, members: Sequence[Member], cluster_id: int) -> in
         membership.set_cluster_id(cluster_id)
         store = KVStore(backend)
         store.finish_compaction()
+        if replay is not None:
+            replay(store)
         store.set_consistent_index(len(members))
         backend.force_commit_durable()
         return store.current_revision
@@ -307,7 +318,7 @@ def restore_member(spec: RestoreSpec) -> RestoreResult:
         _copy_prefix(spec.snapshot, db, db_bytes)
         with _read_only(db) as conn:
             _check_database(conn, spec.snapshot)
-        revision = _rewrite_backend(db, members, cluster_id)
+        revision = _rewrite_backend(db, members, cluster_id, spec.replay)
         _write_raft_state(building / "member", me, members, cluster_id)
         os.rename(building, data_dir)
         fileutil.fsync_dir(data_dir.parent)
