@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from raftkv.client import AsyncClient, errors
+from raftkv.client import AsyncClient, TLSConfig, errors
 from raftkv.node.config import ConfigError, parse_duration_seconds
 
 T = TypeVar("T")
@@ -57,10 +57,14 @@ class GlobalFlag:
     default: str
     help: str
     short: str = ""
+    # Given alone (`--insecure-skip-tls-verify`) it means true, as etcdctl's boolean flags.
+    boolean: bool = False
+    # The attribute name when the flag's own would clash with a command's argument (`put key`).
+    attribute: str = ""
 
     @property
     def dest(self) -> str:
-        return self.name.replace("-", "_")
+        return self.attribute or self.name.replace("-", "_")
 
     @property
     def env(self) -> str:
@@ -74,6 +78,28 @@ GLOBAL_FLAGS = (
     GlobalFlag("write-out", "simple", "output format: simple, json or table", short="-w"),
     GlobalFlag("user", "", "username[:password] for authentication"),
     GlobalFlag("password", "", "password for authentication (with --user=NAME)"),
+    GlobalFlag(
+        "cacert",
+        "",
+        "verify certificates of TLS servers using this CA bundle",
+        attribute="tls_cacert",
+    ),
+    GlobalFlag(
+        "cert", "", "identify secure client using this TLS certificate file", attribute="tls_cert"
+    ),
+    GlobalFlag("key", "", "identify secure client using this TLS key file", attribute="tls_key"),
+    GlobalFlag(
+        "insecure-skip-tls-verify",
+        "false",
+        "skip server certificate verification (accept the certificate the server presents)",
+        boolean=True,
+    ),
+    GlobalFlag(
+        "insecure-transport",
+        "true",
+        "disable transport security for client connections (bare host:port endpoints)",
+        boolean=True,
+    ),
 )
 
 
@@ -87,6 +113,7 @@ class Context:
     command_timeout: float
     user: str = ""
     password: str = ""
+    tls: TLSConfig | None = None
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -100,6 +127,7 @@ class Context:
             dial_timeout=self.dial_timeout,
             username=username or None,
             password=password or None,
+            tls=self.tls,
         )
 
     def call(
@@ -234,6 +262,39 @@ def _duration(text: str, flag: str) -> float:
         raise CommandError(f"invalid value {text!r} for --{flag}: {error}", EXIT_BAD_ARGS) from None
 
 
+def _explicit_booleans(argv: Sequence[str]) -> list[str]:
+    """`--insecure-skip-tls-verify` alone means `=true`, and never takes the next argument as
+    its value (Go's boolean flags), so it is spelled out before argparse sees it."""
+    alone = {f"--{flag.name}" for flag in GLOBAL_FLAGS if flag.boolean}
+    return [f"{arg}=true" if arg in alone else arg for arg in argv]
+
+
+def _boolean(text: str, flag: str) -> bool:
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise CommandError(f"invalid value {text!r} for --{flag}: not a boolean", EXIT_BAD_ARGS)
+
+
+def _tls_config(values: Mapping[str, str]) -> TLSConfig | None:
+    """etcdctl's rule: TLS when any certificate flag is given or --insecure-transport=false;
+    https:// endpoints use TLS in any case, http:// ones never."""
+    skip_verify = _boolean(values["insecure_skip_tls_verify"], "insecure-skip-tls-verify")
+    insecure = _boolean(values["insecure_transport"], "insecure-transport")
+    files = {name: values[f"tls_{name}"] or None for name in ("cacert", "cert", "key")}
+    if not any(files.values()) and insecure:
+        return None
+    if bool(files["cert"]) != bool(files["key"]):
+        raise CommandError("--cert and --key must be given together", EXIT_BAD_ARGS)
+    return TLSConfig(
+        ca_file=files["cacert"],
+        cert_file=files["cert"],
+        key_file=files["key"],
+        insecure_skip_verify=skip_verify,
+    )
+
+
 def context_from_args(
     args: argparse.Namespace, environ: Mapping[str, str], stdout: TextIO, stderr: TextIO
 ) -> Context:
@@ -257,6 +318,7 @@ def context_from_args(
         command_timeout=_duration(values["command_timeout"], "command-timeout"),
         user=values["user"],
         password=values["password"],
+        tls=_tls_config(values),
         stdout=stdout,
         stderr=stderr,
     )
@@ -273,7 +335,7 @@ def main(
     err = stderr or sys.stderr
     try:
         parser = build_parser()
-        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        args = parser.parse_args(_explicit_booleans(sys.argv[1:] if argv is None else argv))
         handler = getattr(args, "handler", None)
         if handler is None:
             parser.print_help(out)

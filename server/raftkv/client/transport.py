@@ -22,9 +22,12 @@ Deadlines are per call and cover every attempt; `math.inf` means no deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import math
+import socket
+import ssl
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from cryptography import x509
 
 from raftkv.client import errors
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -56,24 +60,77 @@ _REFRESH_TOKEN_ERRORS = (
 class TLSConfig:
     """PEM files for TLS. `ca_file` verifies the server (system roots when None); `cert_file` and
     `key_file` are the client certificate for mutual TLS; `server_name` overrides the host name
-    checked against the server certificate."""
+    checked against the server certificate.
+
+    `insecure_skip_verify` (etcdctl's `--insecure-skip-tls-verify`) accepts the certificate the
+    server presents. gRPC's Python API always verifies, so the client fetches that certificate
+    once per endpoint (a short blocking TLS handshake when the channel is created) and trusts
+    exactly it, under the first name it is issued for. That covers self-signed certificates
+    (`--auto-tls`); a leaf issued by an unknown CA still fails, as the CA is not presented.
+    """
 
     ca_file: str | Path | None = None
     cert_file: str | Path | None = None
     key_file: str | Path | None = None
     server_name: str | None = None
+    insecure_skip_verify: bool = False
 
-    def credentials(self) -> grpc.ChannelCredentials:
+    def credentials(self, roots: bytes | None = None) -> grpc.ChannelCredentials:
+        """Channel credentials; `roots` replaces `ca_file` (a pinned certificate)."""
+
         def read(path: str | Path | None) -> bytes | None:
             return None if path is None else Path(path).read_bytes()
 
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("a client certificate needs both cert_file and key_file")
         return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_file),
+            root_certificates=roots if roots is not None else read(self.ca_file),
             private_key=read(self.key_file),
             certificate_chain=read(self.cert_file),
         )
+
+    def channel(
+        self, target: str, options: Sequence[tuple[str, Any]], timeout: float
+    ) -> grpc.aio.Channel:
+        """A secure channel to "host:port" with these settings."""
+        options = list(options)
+        roots = None
+        name = self.server_name
+        if self.insecure_skip_verify:
+            roots, names = _presented_certificate(target, timeout)
+            name = name or (names[0] if names else None)
+        if name:
+            options.append(("grpc.ssl_target_name_override", name))
+        return grpc.aio.secure_channel(target, self.credentials(roots), options=options)
+
+
+def _presented_certificate(target: str, timeout: float) -> tuple[bytes, list[str]]:
+    """The PEM certificate the server at `target` presents, and the names it is issued for."""
+    host, _, port = target.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock,
+            context.wrap_socket(sock) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        der = None
+    if der is None:
+        # Unreachable now: verify against nothing, so the channel fails like any dead endpoint.
+        return b"", []
+    certificate = x509.load_der_x509_certificate(der)
+    names: list[str] = []
+    with contextlib.suppress(x509.ExtensionNotFound):
+        alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += alt.get_values_for_type(x509.DNSName)
+        names += [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)]
+    common = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    names += [str(attribute.value) for attribute in common]
+    return ssl.DER_cert_to_PEM_cert(der).encode(), names
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +245,6 @@ class Transport:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
-        if tls is not None and tls.server_name:
-            self._options.append(("grpc.ssl_target_name_override", tls.server_name))
         self._cooldown = failure_cooldown
         self._channels: dict[Endpoint, grpc.aio.Channel] = {}
         self._stubs: dict[Endpoint, Stubs] = {}
@@ -208,9 +263,7 @@ class Transport:
         channel = self._channels.get(endpoint)
         if channel is None:
             if endpoint.secure:
-                channel = grpc.aio.secure_channel(
-                    endpoint.target, self._tls.credentials(), options=self._options
-                )
+                channel = self._tls.channel(endpoint.target, self._options, self.dial_timeout)
             else:
                 channel = grpc.aio.insecure_channel(endpoint.target, options=self._options)
             self._channels[endpoint] = channel
