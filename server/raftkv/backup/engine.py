@@ -448,6 +448,7 @@ class BackupRepository:
         name = self._url(info.key)
         raw = _HashingStream(iter_object(self.s3, self._bucket, info.key))
         stream = io.BufferedReader(raw, buffer_size=1 << 20)
+        trailer_ok = True
         if info.is_full:
             db = hashlib.sha256()
             tail = b""
@@ -456,10 +457,7 @@ class BackupRepository:
                 cut = max(len(joined) - SHA256_BYTES, 0)
                 db.update(joined[:cut])
                 tail = joined[cut:]
-            if db.digest() != tail:
-                raise CorruptBackupError(
-                    f"{name}: the snapshot's SHA-256 trailer does not match its data"
-                )
+            trailer_ok = db.digest() == tail
         else:
             last = info.base_revision
             for event in read_events(stream, name):
@@ -478,6 +476,10 @@ class BackupRepository:
             raise CorruptBackupError(f"{name} has {raw.size} bytes, its metadata says {info.size}")
         if raw.digest.hexdigest() != info.sha256:
             raise CorruptBackupError(f"{name} does not match the SHA-256 in its metadata: damaged")
+        if not trailer_ok:
+            raise CorruptBackupError(
+                f"{name}: the snapshot's SHA-256 trailer does not match its data"
+            )
 
     # -- restore --------------------------------------------------------------------------------
 
