@@ -82,10 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_proxy_args(argv: Sequence[str]) -> ProxyConfig:
     """The proxy's configuration, or `UsageError`."""
     args = build_parser().parse_args(list(argv))
-    try:
-        endpoints = tuple(ep.url for ep in parse_endpoints(args.endpoints))
-    except ValueError as error:
-        raise UsageError(f"--endpoints: {error}") from None
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
     if (args.cert_file is None) != (args.key_file is None):
@@ -97,6 +93,12 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyConfig:
     upstream = None
     if args.cert or args.cacert:
         upstream = TLSConfig(ca_file=args.cacert, cert_file=args.cert, key_file=args.key)
+    try:
+        # Bare host:port endpoints use TLS when TLS towards the cluster is configured.
+        parsed = parse_endpoints(args.endpoints, tls=upstream is not None)
+    except ValueError as error:
+        raise UsageError(f"--endpoints: {error}") from None
+    endpoints = tuple(ep.url for ep in parsed)
     serving = None
     if args.cert_file:
         serving = ServingTLS(args.cert_file, args.key_file, args.trusted_ca_file)

@@ -16,10 +16,11 @@ there. A watcher starting at revision R joins a broadcast whose `next_rev` is at
 drops the events before R it is sent. A watcher whose revision is older than every broadcast's
 position cannot join one without missing events; it gets a broadcast of its own that replays
 history from R (catching up) — and merges into the shared one as soon as it has caught up:
-after each batch, a broadcast whose `next_rev` is at or past another established one's hands
-its watchers over and closes its upstream watch. Each watcher drops revisions below its own
-`next_rev`, so a watcher handed to a broadcast that is slightly behind sees nothing twice.
-A quiet range merges at its next event (or the server's periodic progress notification).
+after each upstream response, two broadcasts of a group at the same position (both have sent
+everything before the same revision) become one; the smaller group of watchers moves and its
+upstream watch is closed. Both see every event of the range, so positions meet at the first
+event after the catch-up; watchers drop revisions below their own `next_rev`, so one handed
+over never sees an event twice.
 
 Per client stream the responses keep etcd's order through one FIFO queue: `created` first
 (answered by the proxy itself for a watcher joining an established broadcast, with the
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -100,7 +103,18 @@ def cancel_reason(error: errors.EtcdError) -> str:
 class ClientWatcher:
     """One watcher of one client stream."""
 
-    __slots__ = ("broadcast", "created", "id", "key", "next_rev", "progress_notify", "stream")
+    __slots__ = (
+        "announced",
+        "broadcast",
+        "buffer",
+        "created_header",
+        "id",
+        "key",
+        "next_rev",
+        "progress_notify",
+        "refusal",
+        "stream",
+    )
 
     def __init__(
         self, stream: ClientStream, watch_id: int, key: WatchKey, start_rev: int, progress: bool
@@ -110,12 +124,28 @@ class ClientWatcher:
         self.key = key
         self.next_rev = start_rev
         self.progress_notify = progress
-        self.created = False
         self.broadcast: Broadcast | None = None
+        # Set once the watcher exists upstream: the header of its `created` response.
+        self.created_header: rpc_pb2.ResponseHeader | None = None
+        # Set when the cluster refused the watch instead: the response that says so.
+        self.refusal: rpc_pb2.WatchResponse | None = None
+        # `created` has been sent; until then the watcher's responses wait in `buffer`.
+        self.announced = False
+        self.buffer: list[rpc_pb2.WatchResponse] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.created_header is not None
 
     def send_created(self, header: rpc_pb2.ResponseHeader) -> None:
-        self.created = True
-        self.stream.send(rpc_pb2.WatchResponse(header=header, watch_id=self.id, created=True))
+        self.created_header = header
+        self.stream.announce()
+
+    def send(self, response: rpc_pb2.WatchResponse) -> None:
+        if self.announced:
+            self.stream.send(response)
+        else:
+            self.buffer.append(response)
 
     def deliver(
         self, header: rpc_pb2.ResponseHeader, events: Sequence[kv_pb2.Event], next_rev: int
@@ -124,19 +154,23 @@ class ClientWatcher:
         if events[0].kv.mod_revision < self.next_rev:
             events = [e for e in events if e.kv.mod_revision >= self.next_rev]
         if events:
-            self.stream.send(rpc_pb2.WatchResponse(header=header, watch_id=self.id, events=events))
+            self.send(rpc_pb2.WatchResponse(header=header, watch_id=self.id, events=events))
         self.next_rev = max(self.next_rev, next_rev)
         return len(events)
 
     def progress(self, header: rpc_pb2.ResponseHeader, next_rev: int) -> None:
         if self.progress_notify and next_rev >= self.next_rev:
-            self.stream.send(rpc_pb2.WatchResponse(header=header, watch_id=self.id))
+            self.send(rpc_pb2.WatchResponse(header=header, watch_id=self.id))
         self.next_rev = max(self.next_rev, next_rev)
 
     def end(self, response: rpc_pb2.WatchResponse) -> None:
         """The cluster ended this watcher: tell the client and forget it."""
         self.stream.forget(self.id)
-        self.stream.send(response)
+        if self.ready:
+            self.send(response)
+        else:
+            self.refusal = response
+            self.stream.announce()
 
 
 class Broadcast:
@@ -152,6 +186,7 @@ class Broadcast:
         self.header: Header | None = None
         self.stopped = False
         self.task: asyncio.Task[None] | None = None
+        self.seq = next(hub.sequence)
 
     @property
     def established(self) -> bool:
@@ -167,7 +202,7 @@ class Broadcast:
     def join(self, watcher: ClientWatcher) -> None:
         self.receivers.add(watcher)
         watcher.broadcast = self
-        if self.established and not watcher.created:
+        if self.established and not watcher.ready:
             if watcher.next_rev == 0:
                 watcher.next_rev = self.next_rev
             watcher.send_created(self.current_header())
@@ -189,7 +224,7 @@ class Broadcast:
             start_revision=self.start_rev,
             filters=list(filters),
             prev_kv=prev_kv,
-            # Periodic progress moves `next_rev` of quiet ranges, which lets them merge.
+            # Forwarded to the watchers that asked for progress notifications.
             progress_notify=True,
         )
 
@@ -206,33 +241,38 @@ class Broadcast:
         try:
             watch = await self._open()
             assert watch.header is not None
-            self.header = watch.header
-            self.next_rev = watch.next_revision
-            created = header_pb(watch.header)
-            for watcher in list(self.receivers):
-                if watcher.next_rev == 0:
-                    watcher.next_rev = self.next_rev
-                watcher.send_created(created)
-            self.hub.coalesce(self)
+            self.created(watch.header, watch.next_revision)
             while not self.stopped:
                 batch = await anext(watch)
-                self._fan_out(batch.header, [event_pb(e) for e in batch.events], watch)
-                self.hub.coalesce(self)
+                events = [event_pb(e) for e in batch.events]
+                self.fan_out(batch.header, events, watch.next_revision)
         except StopAsyncIteration:
             pass
         except errors.CompactedError as error:
-            self._end_all(
+            self.end_all(
                 rpc_pb2.ResponseHeader(), canceled=True, compact_revision=error.compact_revision
             )
         except errors.EtcdError as error:
-            self._end_all(None, canceled=True, cancel_reason=cancel_reason(error))
+            self.end_all(None, canceled=True, cancel_reason=cancel_reason(error))
         finally:
             if watch is not None:
                 await watch.cancel()
 
-    def _fan_out(self, header: Header, events: list[kv_pb2.Event], watch: Watch) -> None:
+    def created(self, header: Header, next_rev: int) -> None:
+        """The upstream watch exists: the watchers waiting for it are created too."""
         self.header = header
-        self.next_rev = watch.next_revision
+        self.next_rev = next_rev
+        created = header_pb(header)
+        for watcher in list(self.receivers):
+            if watcher.next_rev == 0:
+                watcher.next_rev = next_rev
+            watcher.send_created(created)
+        self.hub.coalesce(self)
+
+    def fan_out(self, header: Header, events: list[kv_pb2.Event], next_rev: int) -> None:
+        """One upstream response (events, or a progress notification if there are none)."""
+        self.header = header
+        self.next_rev = next_rev
         pb_header = header_pb(header)
         if events:
             sent = 0
@@ -243,8 +283,9 @@ class Broadcast:
         else:
             for watcher in list(self.receivers):
                 watcher.progress(pb_header, self.next_rev)
+        self.hub.coalesce(self)
 
-    def _end_all(self, header: rpc_pb2.ResponseHeader | None, **fields: Any) -> None:
+    def end_all(self, header: rpc_pb2.ResponseHeader | None, **fields: Any) -> None:
         """The cluster ended the upstream watch for good: end every watcher the same way."""
         for watcher in list(self.receivers):
             if header is not None:
@@ -253,7 +294,7 @@ class Broadcast:
                 response_header = self.current_header()
             else:
                 response_header = rpc_pb2.ResponseHeader()
-            if watcher.created:
+            if watcher.ready:
                 response = rpc_pb2.WatchResponse(
                     header=response_header, watch_id=watcher.id, **fields
                 )
@@ -274,6 +315,7 @@ class WatchHub:
         self.transport = transport
         self.metrics = metrics
         self._groups: dict[WatchKey, list[Broadcast]] = {}
+        self.sequence = itertools.count()
         metrics.read_watch_state(self.watcher_count, self.upstream_count, self.coalescing_count)
 
     # -- state, read by the metrics ---------------------------------------------------------------
@@ -313,17 +355,17 @@ class WatchHub:
             self._stop(broadcast)
 
     def coalesce(self, broadcast: Broadcast) -> None:
-        """Merge `broadcast` with an established one of its group that is not ahead of it."""
+        """Merge `broadcast` with an established one of its group at the same position.
+
+        Only equal positions merge: a watcher moved to a broadcast that is behind would wait
+        for it to replay history it has seen. The smaller group moves (on a tie, the younger).
+        """
         if broadcast.stopped:
             return
         for other in self._groups.get(broadcast.key, ()):
-            if other is broadcast or not other.established or other.next_rev > broadcast.next_rev:
+            if other is broadcast or not other.established or other.next_rev != broadcast.next_rev:
                 continue
-            source, target = broadcast, other
-            if other.next_rev == broadcast.next_rev and len(other.receivers) < len(
-                broadcast.receivers
-            ):
-                source, target = other, broadcast
+            source, target = sorted((broadcast, other), key=lambda b: (len(b.receivers), -b.seq))
             for watcher in source.receivers:
                 watcher.broadcast = target
             target.receivers |= source.receivers
@@ -366,6 +408,9 @@ class ClientStream:
         self.hub = hub
         self.watchers: dict[int, ClientWatcher] = {}
         self._queue: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue()
+        # Creates not answered yet, in request order: clients (etcd's Go client among them)
+        # pair `created` responses with their requests by order.
+        self._creating: deque[ClientWatcher | rpc_pb2.WatchResponse] = deque()
         self._next_id = 0
         self.overflowed = False
 
@@ -382,6 +427,28 @@ class ClientStream:
     def forget(self, watch_id: int) -> None:
         self.watchers.pop(watch_id, None)
 
+    def announce(self) -> None:
+        """Send the answers to creates that are due, in the order the creates came."""
+        while self._creating:
+            head = self._creating[0]
+            if isinstance(head, rpc_pb2.WatchResponse):
+                self.send(head)
+            elif head.refusal is not None:
+                self.send(head.refusal)
+            elif head.created_header is not None:
+                self.send(
+                    rpc_pb2.WatchResponse(
+                        header=head.created_header, watch_id=head.id, created=True
+                    )
+                )
+                head.announced = True
+                for response in head.buffer:
+                    self.send(response)
+                head.buffer.clear()
+            else:
+                return
+            self._creating.popleft()
+
     def handle(self, request: rpc_pb2.WatchRequest) -> None:
         kind = request.WhichOneof("request_union")
         if kind == "create_request":
@@ -392,7 +459,7 @@ class ClientStream:
             self._progress()
 
     def _refuse(self, reason: str) -> None:
-        self.send(
+        self._creating.append(
             rpc_pb2.WatchResponse(
                 header=self._header(),
                 watch_id=-1,
@@ -401,6 +468,7 @@ class ClientStream:
                 cancel_reason=reason,
             )
         )
+        self.announce()
 
     def _create(self, create: rpc_pb2.WatchCreateRequest) -> None:
         key, range_end = create.key, create.range_end
@@ -421,6 +489,7 @@ class ClientStream:
             self, watch_id, group, create.start_revision, create.progress_notify
         )
         self.watchers[watch_id] = watcher
+        self._creating.append(watcher)
         self.hub.add(watcher)
 
     def _cancel(self, watch_id: int) -> None:
@@ -434,7 +503,10 @@ class ClientStream:
             else self._header()
         )
         self.hub.remove(watcher)
-        self.send(rpc_pb2.WatchResponse(header=header, watch_id=watch_id, canceled=True))
+        if not watcher.ready:  # canceled before the cluster created it: created, then canceled
+            watcher.created_header = header
+        watcher.send(rpc_pb2.WatchResponse(header=header, watch_id=watch_id, canceled=True))
+        self.announce()
 
     def _header(self) -> rpc_pb2.ResponseHeader:
         """A header for a response about no particular watcher: the stream's latest position."""
@@ -451,7 +523,7 @@ class ClientStream:
     def _progress(self) -> None:
         """etcd 3.4's answer to a progress request: one response, watch ID -1. Its revision is
         the lowest position of the stream's watchers: everything up to it has been sent."""
-        created = [w for w in self.watchers.values() if w.created]
+        created = [w for w in self.watchers.values() if w.ready]
         header = self._header()
         if created:
             header.revision = min(w.next_rev for w in created) - 1
