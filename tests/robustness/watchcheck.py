@@ -10,12 +10,12 @@ The guarantees checked (the names etcd's documentation gives them):
 - ordered: revisions strictly increase across responses and never decrease inside one;
 - unique: no (revision, key) event twice;
 - atomic: all events of a revision arrive in one response, and they are all of them;
-- reliable: no revision missing inside what a watcher covered (its events, and the revisions
-  progress notifications vouched for), and every acknowledged write is in the merged log;
+- reliable: no revision missing inside what a watcher covered (from its start to its last
+  event), and every acknowledged write is in the merged log;
 - resumable: a resumed session starts right after what was covered, and never sends events
   before its start revision;
-- bookmarkable: progress revisions never go backwards, are at least the last event's revision,
-  and no later event has a revision at or below them;
+- bookmarkable: progress revisions never go backwards in a stream and are at least the last
+  event's revision (with `strict_bookmarks`, also: no later event at or below them);
 - prev_kv: the previous key-value an event carries is the key's state just before it, replayed
   from the merged log.
 Also: no event that no client wrote (phantoms), and no written value applied twice.
@@ -58,13 +58,14 @@ class Session:
     member: str
     responses: list[Response] = field(default_factory=list)
 
-    def last_revision(self) -> int:
-        """The highest revision this session vouches for (events and progress), 0 if none."""
+    def last_revision(self, *, bookmarks: bool = False) -> int:
+        """The highest revision this session received events for (with `bookmarks`, or that a
+        progress notification vouched for), 0 if none."""
         best = 0
         for r in self.responses:
             if r.kind == "events":
                 best = max(best, r.events[-1].mod_rev)
-            elif r.kind == "progress":
+            elif r.kind == "progress" and bookmarks:
                 best = max(best, r.revision)
         return best
 
@@ -108,17 +109,21 @@ def _strip(events: Iterable[Event]) -> tuple[Event, ...]:
     return tuple(Event(e.type, e.key, e.value, e.mod_rev) for e in events)
 
 
-def _check_one(log: WatchLog, violations: list[str]) -> dict[int, tuple[Event, ...]]:
+def _check_one(
+    log: WatchLog, strict_bookmarks: bool, violations: list[str]
+) -> dict[int, tuple[Event, ...]]:
     """Per-watcher guarantees; returns the revision -> events this watcher received."""
     seen: dict[int, list[Event]] = {}
     keys_seen: set[tuple[int, str]] = set()
     last_event = 0
-    last_progress = 0
     previous: Session | None = None
     for n, session in enumerate(log.sessions):
         where = f"{log.name} session {n} (start {session.start}, {session.member})"
+        # Progress is per stream: another member may legitimately be behind this one.
+        last_progress = 0
         if previous is not None:
-            expected = previous.compacted or (max(previous.last_revision(), previous.start - 1) + 1)
+            covered = previous.last_revision(bookmarks=strict_bookmarks)
+            expected = previous.compacted or (max(covered, previous.start - 1) + 1)
             if session.start != expected:
                 violations.append(f"{where}: resumed at {session.start}, expected {expected}")
         for r in session.responses:
@@ -149,7 +154,7 @@ def _check_one(log: WatchLog, violations: list[str]) -> dict[int, tuple[Event, .
                     violations.append(f"{where}: revision {rev} split over responses or repeated")
                 if rev <= last_event:
                     violations.append(f"{where}: revision {rev} after {last_event} (ordered)")
-                if rev <= last_progress:
+                if strict_bookmarks and rev <= last_progress:
                     violations.append(
                         f"{where}: event at {rev} after a progress notification at {last_progress}"
                     )
@@ -159,11 +164,11 @@ def _check_one(log: WatchLog, violations: list[str]) -> dict[int, tuple[Event, .
     return {rev: tuple(events) for rev, events in seen.items()}
 
 
-def _coverage(log: WatchLog) -> list[tuple[int, int]]:
+def _coverage(log: WatchLog, strict_bookmarks: bool) -> list[tuple[int, int]]:
     """The revision ranges each session vouched for."""
     ranges = []
     for session in log.sessions:
-        end = session.last_revision()
+        end = session.last_revision(bookmarks=strict_bookmarks)
         if end >= session.start:
             ranges.append((session.start, end))
     return ranges
@@ -183,9 +188,13 @@ def _replay_prev_kv(
     merged: dict[int, tuple[Event, ...]],
     logs: Sequence[WatchLog],
     first: int,
+    compacted: int,
     violations: list[str],
 ) -> None:
-    """Replay the merged log from `first` and compare each event's prev_kv with the state."""
+    """Replay the merged log from `first` and compare each event's prev_kv with the state.
+
+    An event at or below a compaction revision may come without its prev_kv: the previous
+    version may be compacted away (etcd then leaves prev_kv out, and so does raftkv)."""
     received: dict[tuple[int, str], list[tuple[str, Event]]] = {}
     for log in logs:
         if not log.prev_kv:
@@ -207,6 +216,8 @@ def _replay_prev_kv(
             if event.key in state or fresh:
                 expected = state.get(event.key)
                 for name, got in received.get((rev, event.key), ()):
+                    if got.prev is None and rev <= compacted:
+                        continue
                     if got.prev != expected:
                         violations.append(
                             f"{name}: {got} carries prev_kv {got.prev}, the key was {expected}"
@@ -215,18 +226,30 @@ def _replay_prev_kv(
 
 
 def check_watches(
-    logs: Sequence[WatchLog], history: Sequence[Call], key_prefix: str = ""
+    logs: Sequence[WatchLog],
+    history: Sequence[Call],
+    key_prefix: str = "",
+    *,
+    compacted: int = 0,
+    strict_bookmarks: bool = False,
 ) -> WatchReport:
     """Check every watcher, merge their logs, and compare the merged log with `history`.
 
     Phantom and double-apply checks are limited to keys starting with `key_prefix` (other
     writers, such as lock recipes, write values the history does not know).
+
+    `compacted` is the highest revision the store was compacted at (see `_replay_prev_kv`).
+    `strict_bookmarks` holds progress notifications to etcd 3.5's promise (all events up to
+    the notified revision were delivered). etcd 3.4, and raftkv after it, answer a progress
+    request at once with the member's current revision even while the watcher is catching up,
+    so by default a notification is only checked never to go backwards within its stream and
+    never to fall behind the events already sent, and coverage is counted from events alone.
     """
     violations: list[str] = []
     merged: dict[int, tuple[Event, ...]] = {}
     source: dict[int, str] = {}
     for log in logs:
-        for rev, events in _check_one(log, violations).items():
+        for rev, events in _check_one(log, strict_bookmarks, violations).items():
             stripped = _strip(events)
             if rev in merged and merged[rev] != stripped:
                 violations.append(
@@ -239,7 +262,7 @@ def check_watches(
     ranges: list[tuple[int, int]] = []
     for log in logs:
         mine = {e.mod_rev for s in log.sessions for r in s.responses for e in r.events}
-        for start, end in _coverage(log):
+        for start, end in _coverage(log, strict_bookmarks):
             ranges.append((max(start, 2), end))
             missing = [rev for rev in range(max(start, 2), end + 1) if rev not in mine]
             if missing:
@@ -283,5 +306,5 @@ def check_watches(
             got = [str(e) for e in merged.get(rev, ())]
             violations.append(f"acknowledged write not watched: {c}; revision {rev} has {got}")
     if covered:
-        _replay_prev_kv(merged, logs, covered[0][0], violations)
+        _replay_prev_kv(merged, logs, covered[0][0], compacted, violations)
     return WatchReport(violations, merged, put_revisions, covered, unchecked)
