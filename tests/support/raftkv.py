@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,8 @@ class RaftKVMember:
     log_path: Path
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
+    # Where it listens for peers when that differs from `peer_url` (a proxy in front).
+    listen_peer_url: str = ""
 
     @property
     def target(self) -> str:
@@ -160,23 +163,46 @@ def wait_serving(member: RaftKVMember, timeout: float = _READY_TIMEOUT_S) -> Non
     raise TimeoutError(f"{member.name} not serving: {last_error}\n{member.log_tail()}")
 
 
-def start_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> RaftKVCluster:
+def start_raftkv_cluster(
+    root: Path,
+    size: int = 3,
+    *,
+    peer_proxy: PeerProxy | None = None,
+    **extra_flags: str | int,
+) -> RaftKVCluster:
     """Start `size` members of a new cluster under `root`; returns once all serve."""
-    cluster = plan_raftkv_cluster(root, size, **extra_flags)
+    cluster = plan_raftkv_cluster(root, size, peer_proxy=peer_proxy, **extra_flags)
     cluster.start()
     return cluster
 
 
-def plan_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> RaftKVCluster:
+# Given a member's name and the peer port it listens on, returns the port it advertises
+# (where a proxy in front of it listens).
+PeerProxy = Callable[[str, int], int]
+
+
+def plan_raftkv_cluster(
+    root: Path,
+    size: int = 3,
+    *,
+    peer_proxy: PeerProxy | None = None,
+    **extra_flags: str | int,
+) -> RaftKVCluster:
     """Ports, names, data dir paths and flags of a new cluster, started by `cluster.start()`.
 
     Between the two, a test may fill the data dirs (`member.data_dir`), e.g. by restoring a
-    snapshot with `cluster.initial_cluster` and `cluster.initial_cluster_token`.
+    snapshot with `cluster.initial_cluster` and `cluster.initial_cluster_token`. With
+    `peer_proxy`, members listen for peers on their own ports and advertise the proxy's
+    (`member.peer_url` is then the advertised URL, `member.listen_peer_url` the real one).
     """
     root = root / f"raftkv-{uuid.uuid4().hex[:8]}"
     root.mkdir(parents=True)
     names = [f"m{i}" for i in range(size)]
-    peers = {name: f"http://127.0.0.1:{free_port()}" for name in names}
+    listen_peers = {name: free_port() for name in names}
+    peers = {
+        name: f"http://127.0.0.1:{peer_proxy(name, port) if peer_proxy else port}"
+        for name, port in listen_peers.items()
+    }
     initial_cluster = ",".join(f"{n}={u}" for n, u in peers.items())
     token = f"test-{root.name}"
     cluster = RaftKVCluster(root, initial_cluster=initial_cluster, initial_cluster_token=token)
@@ -187,7 +213,7 @@ def plan_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> 
             "data-dir": str(root / f"{name}.raftkv"),
             "listen-client-urls": client_url,
             "advertise-client-urls": client_url,
-            "listen-peer-urls": peers[name],
+            "listen-peer-urls": f"http://127.0.0.1:{listen_peers[name]}",
             "initial-advertise-peer-urls": peers[name],
             "initial-cluster": initial_cluster,
             "initial-cluster-token": token,
@@ -198,7 +224,13 @@ def plan_raftkv_cluster(root: Path, size: int = 3, **extra_flags: str | int) -> 
         }
         args = [f"--{k}={v}" for k, v in flags.items()]
         member = RaftKVMember(
-            name, client_url, peers[name], root / f"{name}.raftkv", root / f"{name}.log", args
+            name,
+            client_url,
+            peers[name],
+            root / f"{name}.raftkv",
+            root / f"{name}.log",
+            args,
+            listen_peer_url=f"http://127.0.0.1:{listen_peers[name]}",
         )
         cluster.members.append(member)
     return cluster
