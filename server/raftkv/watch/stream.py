@@ -7,6 +7,10 @@ etcd's rules for a stream, reproduced here:
   and `canceled`, has watch_id -1 and says why in `cancel_reason`;
 - every response waits in one FIFO queue, so a watcher's `created` always precedes its events
   and `canceled` always follows them;
+- a stream holds at most `max_watchers` watchers watching at most `max_key_bytes` of keys and
+  range ends (etcd has no limit; these are far above any real client's needs and stop one
+  stream from holding unbounded memory); a create beyond them is refused like the others, with
+  TOO_MANY_WATCHERS or TOO_MANY_KEY_BYTES, and the client may open another stream;
 - the queue is bounded (etcd's 128 responses, plus a byte budget). Event responses are refused
   when it is full and the watchable store turns the watcher into an unsynced one that catches
   up later from history, so a client that does not read holds a bounded amount of memory and
@@ -32,11 +36,19 @@ if TYPE_CHECKING:
 MAX_PENDING_RESPONSES = 128
 CONTROL_SLACK = 16
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+# Watchers on one stream, and the bytes of their keys and range ends.
+MAX_WATCHERS = 10_000
+MAX_KEY_BYTES = 16 * 1024 * 1024
 
 AUTO_WATCH_ID = 0
 # etcd's texts for refused creates, sent in `cancel_reason`.
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 EMPTY_WATCHER_RANGE = "mvcc: watcher range is empty"
+# raftkv's own refusals.
+TOO_MANY_WATCHERS = "raftkv: too many watchers on this watch stream (at most {})"
+TOO_MANY_KEY_BYTES = (
+    "raftkv: the watchers of this watch stream watch too many key bytes (at most {})"
+)
 
 
 @dataclass(slots=True)
@@ -64,11 +76,16 @@ class WatchStream:
         *,
         max_pending: int = MAX_PENDING_RESPONSES,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        max_watchers: int = MAX_WATCHERS,
+        max_key_bytes: int = MAX_KEY_BYTES,
     ) -> None:
         self._hub = hub
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
+        self._max_watchers = max_watchers
+        self._max_key_bytes = max_key_bytes
         self._watchers: dict[int, Watcher] = {}
+        self._key_bytes = 0
         self._next_id = 0
         self._pending: deque[Outgoing] = deque()
         self._pending_bytes = 0
@@ -85,6 +102,13 @@ class WatchStream:
         key, range_end = request.key, request.range_end
         if range_end and range_end != FROM_KEY and key >= range_end:
             self._refuse(EMPTY_WATCHER_RANGE, revision)
+            return
+        if len(self._watchers) >= self._max_watchers:
+            self._refuse(TOO_MANY_WATCHERS.format(self._max_watchers), revision)
+            return
+        key_bytes = len(key) + len(range_end)
+        if self._key_bytes + key_bytes > self._max_key_bytes:
+            self._refuse(TOO_MANY_KEY_BYTES.format(self._max_key_bytes), revision)
             return
         watch_id = request.watch_id
         if watch_id == AUTO_WATCH_ID:
@@ -109,6 +133,7 @@ class WatchStream:
             fragment=request.fragment,
         )
         self._watchers[watch_id] = watcher
+        self._key_bytes += key_bytes
         self.push_control(_response(revision, watch_id=watch_id, created=True))
         self._hub.add(watcher, request.start_revision)
 
@@ -122,6 +147,7 @@ class WatchStream:
         watcher = self._watchers.pop(watch_id, None)
         if watcher is None:
             return
+        self._key_bytes -= len(watcher.key) + len(watcher.range_end)
         self._hub.remove(watcher)
         self.push_control(_response(self._hub.current_revision, watch_id=watch_id, canceled=True))
 
@@ -192,6 +218,7 @@ class WatchStream:
         for watcher in self._watchers.values():
             self._hub.remove(watcher)
         self._watchers.clear()
+        self._key_bytes = 0
         self._pending.clear()
         self._pending_bytes = 0
         self._room.set()

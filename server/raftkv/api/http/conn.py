@@ -9,6 +9,11 @@ router, write the response (whole, or streamed chunk by chunk with back-pressure
 A streamed response ends when its iterator ends, or when the client closes the connection:
 the socket is watched while streaming, and the iterator is cancelled and closed at once, so a
 gateway watch does not outlive its HTTP client.
+
+What one client can hold: a request head of at most h11's 16 KiB (431 beyond), a body of at
+most `max_body_bytes` (413 beyond, and the connection is closed), a request read within
+`REQUEST_TIMEOUT_S` of its first byte (a trickling "slowloris" client is cut off) and an idle
+connection for `IDLE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ READ_CHUNK = 64 * 1024
 # An idle keep-alive connection is closed after this long (Go's net/http default is none; a
 # bound keeps abandoned scrapers from piling up).
 IDLE_TIMEOUT_S = 120.0
+# A request's head and body must arrive within this long of its first byte: 5 MiB at 85 KiB/s.
+REQUEST_TIMEOUT_S = 60.0
 SERVER_HEADER = ("server", "raftkv")
 
 
@@ -42,13 +49,16 @@ async def serve_connection(
     *,
     max_body_bytes: int,
     idle_timeout: float = IDLE_TIMEOUT_S,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> None:
     """Answer requests on one connection until either side closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
             try:
-                request = await _read_request(conn, reader, writer, max_body_bytes, idle_timeout)
+                request = await _read_request(
+                    conn, reader, writer, max_body_bytes, idle_timeout, request_timeout
+                )
             except _BodyTooLarge:
                 await _send(conn, reader, writer, Response.text("request body too large\n", 413))
                 return
@@ -86,6 +96,24 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
 
 
 async def _read_request(
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    max_body_bytes: int,
+    idle_timeout: float,
+    request_timeout: float,
+) -> Request | None:
+    # Waiting for the next request is idle time; once its first bytes are in, the whole
+    # request is due within `request_timeout`.
+    if not conn.trailing_data[0]:  # no pipelined request already buffered
+        async with asyncio.timeout(idle_timeout):
+            data = await reader.read(READ_CHUNK)
+        conn.receive_data(data)
+    async with asyncio.timeout(request_timeout):
+        return await _read_whole_request(conn, reader, writer, max_body_bytes, idle_timeout)
+
+
+async def _read_whole_request(
     conn: h11.Connection,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,

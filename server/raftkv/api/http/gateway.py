@@ -8,7 +8,10 @@ only the JSON mapping, which is what this module is:
 
 - the body is JSON for the method's request message (protobuf's JSON mapping: bytes in base64,
   64-bit integers as strings or numbers, proto or camelCase field names, unknown fields
-  ignored); an empty body is the empty message;
+  ignored); an empty body is the empty message. Bytes are standard base64 with padding and
+  nothing else, refused with Go's "illegal base64 data at input byte N" as etcd's gateway does
+  (protobuf's Python parser would silently skip what is not base64, turning a typo into
+  another key). Nesting deeper than Python's recursion limit is refused, not a crash;
 - the answer is the response message in JSON with the proto field names (`range_end`,
   `create_revision`), 64-bit integers as strings, default values left out — grpc-gateway's
   OrigName marshalling as etcd configures it;
@@ -25,6 +28,7 @@ gateway passes it to its gRPC server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
 from raftkv.api.http.router import JSON, HttpRouter, Request, Response
@@ -176,10 +180,10 @@ def parse_request(body: bytes, cls: type[Message]) -> Message:
     if not body.strip():
         return cls()
     try:
-        value = json.loads(body)
+        value = _loads(json.loads, body)
     except (ValueError, UnicodeDecodeError) as error:
         raise BadRequest(str(error)) from error
-    return _from_value(value, cls)
+    return _loads(_from_value, value, cls)
 
 
 def parse_requests(body: bytes, cls: type[Message]) -> list[Message]:
@@ -197,19 +201,107 @@ def parse_requests(body: bytes, cls: type[Message]) -> list[Message]:
         if position == len(text):
             return messages
         try:
-            value, position = decoder.raw_decode(text, position)
+            value, position = _loads(decoder.raw_decode, text, position)
         except ValueError as error:
             raise BadRequest(str(error)) from error
-        messages.append(_from_value(value, cls))
+        messages.append(_loads(_from_value, value, cls))
 
 
 def _from_value(value: object, cls: type[Message]) -> Message:
     if not isinstance(value, dict):
         raise BadRequest(f"cannot read {type(value).__name__} as {cls.DESCRIPTOR.name}")
     try:
+        _check_bytes(value, cls.DESCRIPTOR)
         return json_format.ParseDict(value, cls(), ignore_unknown_fields=True)
     except json_format.ParseError as error:
         raise BadRequest(str(error)) from error
+
+
+def _loads(load: Any, *args: Any) -> Any:
+    """`load(*args)` with JSON nested too deeply for Python's parser refused as bad input."""
+    try:
+        return load(*args)
+    except RecursionError as error:
+        raise BadRequest("invalid JSON: exceeded max depth") from error
+
+
+def _check_bytes(value: dict[str, Any], descriptor: Descriptor) -> None:
+    """Raise BadRequest for a bytes field that is not strict base64, in `value` (JSON for a
+    `descriptor` message) and the messages nested in it."""
+    for name, item in value.items():
+        field = descriptor.fields_by_name.get(name) or _by_json_name(descriptor).get(name)
+        if field is None or item is None:
+            continue
+        items = item if _is_repeated(field) and isinstance(item, list) else [item]
+        for element in items:
+            if field.type == FieldDescriptor.TYPE_BYTES and isinstance(element, str):
+                go_base64_check(element)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE and isinstance(element, dict):
+                _check_bytes(element, field.message_type)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
+@functools.cache
+def _by_json_name(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    return {field.json_name: field for field in descriptor.fields}
+
+
+_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_NEWLINES = frozenset(b"\r\n")
+
+
+def go_base64_check(text: str) -> None:
+    """Go's base64.StdEncoding rules (what etcd's gateway decodes bytes with): the standard
+    alphabet, padding required, CR and LF ignored. Raises BadRequest with Go's message, which
+    names the offset Go's decoder stops at."""
+    data = text.encode()
+    position = 0
+    while position < len(data):
+        position = _go_quantum(data, position)
+
+
+def _go_quantum(data: bytes, position: int) -> int:
+    """Check the 4-symbol group starting at `position`; the position after it."""
+    symbols = 0
+    while symbols < 4:
+        if position == len(data):
+            if symbols == 0:
+                return position
+            _corrupt(position - symbols)
+        byte = data[position]
+        position += 1
+        if byte in _BASE64_ALPHABET:
+            symbols += 1
+        elif byte in _NEWLINES:
+            continue
+        elif byte != ord("=") or symbols < 2:
+            _corrupt(position - 1)
+        else:
+            if symbols == 2:  # a second "=" must follow
+                position = _skip_newlines(data, position)
+                if position == len(data):
+                    _corrupt(len(data))
+                if data[position] != ord("="):
+                    _corrupt(position - 1)
+                position += 1
+            position = _skip_newlines(data, position)
+            if position < len(data):
+                _corrupt(position)  # data after the padding
+            return position
+    return position
+
+
+def _skip_newlines(data: bytes, position: int) -> int:
+    while position < len(data) and data[position] in _NEWLINES:
+        position += 1
+    return position
+
+
+def _corrupt(offset: int) -> None:
+    raise BadRequest(f"illegal base64 data at input byte {offset}")
 
 
 def _json_response(value: object, status: int = 200) -> Response:
@@ -255,7 +347,14 @@ class JsonGateway:
     @classmethod
     def to_target(cls, grpc_target: str) -> JsonGateway:
         """A gateway with its own channel to `grpc_target` (closed by `close`)."""
-        return cls(grpc.aio.insecure_channel(grpc_target, options=[("grpc.enable_retries", 0)]))
+        # No size limits of its own, as etcd's gateway: the member applies its limits to the
+        # request, and a large Range answer passes.
+        options = [
+            ("grpc.enable_retries", 0),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+        ]
+        return cls(grpc.aio.insecure_channel(grpc_target, options=options))
 
     async def close(self) -> None:
         await self._channel.close()
