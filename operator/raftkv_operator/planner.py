@@ -326,9 +326,7 @@ def _next_step(o: Observed) -> Step:
         return AddLearner("ScaleUp", f"adding member {missing[0]} as a learner", ordinal=missing[0])
 
     # 6. Rolling upgrade: followers first, the leader last after handing leadership over.
-    outdated = [
-        m for m in voters if m.ordinal is not None and _pod_image(o, m.ordinal) not in (o.image,)
-    ]
+    outdated = [m for m in voters if m.ordinal in o.pods and o.pods[m.ordinal].image != o.image]
     if outdated:
         if unhealthy:
             return _blocked(o, unhealthy, "UpgradeHalted", "upgrade")
@@ -373,19 +371,14 @@ def _next_step(o: Observed) -> Step:
 def _blocked(o: Observed, unhealthy: Sequence[MemberView], reason: str, what: str) -> Wait:
     """Wait for unhealthy voters; Degraded once one has been down longer than the grace."""
     names = ", ".join(str(m.ordinal) if m.ordinal is not None else f"{m.id:x}" for m in unhealthy)
+    # A missing pod is being recreated by the StatefulSet: not "long down" yet.
     long_down = any(
         m.ordinal is None
-        or m.ordinal not in o.pods
-        or o.pods[m.ordinal].unready_for_s >= UNHEALTHY_GRACE_S
+        or (m.ordinal in o.pods and o.pods[m.ordinal].unready_for_s >= UNHEALTHY_GRACE_S)
         for m in unhealthy
     )
     verb = f"{what} waits for" if what else "waiting for"
     return Wait(reason, f"{verb} unhealthy members: {names}", degraded=long_down)
-
-
-def _pod_image(o: Observed, ordinal: int) -> str | None:
-    pod = o.pods.get(ordinal)
-    return pod.image if pod is not None else None
 
 
 def _successor(o: Observed, candidates: Sequence[MemberView]) -> MemberView | None:
