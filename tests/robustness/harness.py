@@ -26,11 +26,17 @@ from typing import Any
 import grpc
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
+from tests.support import slowdisk
 from tests.support.etcd import free_port
 from tests.support.faultproxy import FaultProxy
 from tests.support.raftkv import RaftKVCluster, RaftKVMember, plan_raftkv_cluster, wait_serving
 
 _DEADLINE_S = 60.0
+_SLOW_DISK = Path(slowdisk.__file__)
+
+
+def _slow_disk_file(member: RaftKVMember) -> Path:
+    return member.data_dir.with_suffix(".slowdisk")
 
 
 @dataclass
@@ -67,6 +73,9 @@ class Harness:
                 snapshot_count=snapshot_count,
                 **flags,
             )
+            for member in cluster.members:
+                member.launcher = (str(_SLOW_DISK),)
+                member.args.append(f"--slow-disk-file={_slow_disk_file(member)}")
             holder["cluster"] = cluster
             with cluster:
                 cluster.start()
@@ -109,6 +118,7 @@ class Harness:
         """Heal the network, resume paused members, restart dead ones, wait until all serve."""
         self.proxy.heal()
         for member in self.voters:
+            _slow_disk_file(member).unlink(missing_ok=True)
             if member.alive:
                 member.kill(signal.SIGCONT)
         for member in self.voters:
@@ -191,6 +201,19 @@ class Harness:
         await self.hold(3.0, 5.0)
         self.proxy.heal()
         self.note("heal")
+
+    async def slow_disk(self) -> None:
+        """Slow one member's WAL fsyncs (the leader's or a follower's) for a few seconds."""
+        member = await (self.leader() if self.rng.random() < 0.5 else self.follower())
+        delay = self.rng.uniform(0.05, 0.3)
+        self.note(f"slow disk on {member.name}: +{delay * 1000:.0f} ms per fsync")
+        path = _slow_disk_file(member)
+        path.write_text(f"{delay}\n")
+        try:
+            await self.hold(3.0, 5.0)
+        finally:
+            path.unlink(missing_ok=True)
+        self.note("disk back to normal")
 
     async def move_leader(self) -> None:
         leader, target = await self.leader(), await self.follower()
@@ -287,6 +310,8 @@ class Harness:
             args,
             listen_peer_url=f"http://127.0.0.1:{listen}",
         )
+        member.launcher = (str(_SLOW_DISK),)
+        member.args.append(f"--slow-disk-file={_slow_disk_file(member)}")
         self.cluster.members.append(member)
         member.start()
         await asyncio.to_thread(
@@ -340,4 +365,5 @@ _PER_MEMBER_FLAGS = (
     "--initial-cluster=",
     "--initial-cluster-state=",
     "--initial-cluster-token=",
+    "--slow-disk-file=",
 )

@@ -256,6 +256,7 @@ async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -
         "one-way cut": h.one_way_cut,
         "lossy links": h.lossy_links,
         "move leader": h.move_leader,
+        "slow disk": h.slow_disk,
         "kill during snapshot": h.kill_during_snapshot,
         "kill during compaction": lambda: h.kill_during_compaction(compactor.compact_once),
         "membership change": h.membership_change,

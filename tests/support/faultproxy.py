@@ -93,7 +93,6 @@ class FaultProxy:
         self._random = random.Random(seed)
         self._faults: dict[tuple[str, str], LinkFaults] = {}
         self._targets: dict[str, _Target] = {}
-        self._connections: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -121,9 +120,10 @@ class FaultProxy:
         async def close() -> None:
             for target in self._targets.values():
                 target.server.close()
-            for task in list(self._connections):
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._run(close())
@@ -176,24 +176,28 @@ class FaultProxy:
 
     # ---- forwarding ----------------------------------------------------------------------------
 
-    def _sender_of(self, writer: asyncio.StreamWriter, listen_port: int) -> str | None:
+    async def _sender_of(self, writer: asyncio.StreamWriter, listen_port: int) -> str | None:
         peer = writer.get_extra_info("peername")
         if not peer:
             return None
-        inode = _socket_inode(peer[1], listen_port)
-        return None if inode is None else _owner(inode, self._pids())
+        for _ in range(5):  # a member being (re)started may not be listed yet
+            inode = _socket_inode(peer[1], listen_port)
+            if inode is None:
+                return None  # the dialer has already gone
+            name = _owner(inode, self._pids())
+            if name is not None:
+                return name
+            await asyncio.sleep(0.02)
+        return None
 
     async def _accept(
         self, receiver: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
         target = self._targets[receiver]
         up_writer: asyncio.StreamWriter | None = None
         try:
             listen_port = target.server.sockets[0].getsockname()[1]
-            sender = self._sender_of(writer, listen_port)
+            sender = await self._sender_of(writer, listen_port)
             if sender is None:
                 self.unidentified += 1
             link = (sender or "?", receiver)
@@ -204,17 +208,23 @@ class FaultProxy:
             down = writer.get_extra_info("socket")
             if down is not None:
                 down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.gather(
-                self._pump(link, reader, up_writer, writer),
-                self._pump(link, up_reader, writer, up_writer),
-            )
-        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            pumps = [
+                asyncio.create_task(self._pump(link, reader, up_writer, writer)),
+                asyncio.create_task(self._pump(link, up_reader, writer, up_writer)),
+            ]
+            try:
+                await asyncio.gather(*pumps)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+        except (OSError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            # Cancelled only by `stop`; ending normally keeps asyncio's stream server from
+            # logging the cancellation as an error.
             pass
         finally:
             for w in (writer, up_writer):
                 if w is not None:
                     w.transport.abort()
-            self._connections.discard(task)
 
     async def _pump(
         self,

@@ -40,6 +40,8 @@ class RaftKVMember:
     process: subprocess.Popen[bytes] | None = None
     # Where it listens for peers when that differs from `peer_url` (a proxy in front).
     listen_peer_url: str = ""
+    # What the Python interpreter runs, before the flags (a wrapper may replace the server).
+    launcher: tuple[str, ...] = ("-m", "raftkv.cli.server")
 
     @property
     def target(self) -> str:
@@ -48,7 +50,7 @@ class RaftKVMember:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "raftkv.cli.server", *self.args],
+            [sys.executable, *self.launcher, *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
