@@ -4,7 +4,9 @@ Every forwarded unary call goes through `raftkv.client.transport.Transport.unary
 moves between cluster endpoints exactly as raftkv's client does: reads are retried on another
 member after any UNAVAILABLE, writes only when they provably never left the proxy (a write cut
 off after sending may have been applied; the client gets the error and decides). Which methods
-are reads is the table below, the one etcd's client uses.
+are reads is the table below, the one etcd's client uses. Writes go to the leader
+(`leader.LeaderTracker`), so a leader's death is a failure to connect, which is safe to retry,
+instead of a follower's ambiguous timeout.
 
 What the caller sent travels with the call: its `token` (auth), `hasleader` and `traceparent`
 metadata replace the proxy's own, and the time left of its deadline bounds every attempt (no
@@ -15,6 +17,7 @@ texts byte for byte see no difference.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
@@ -22,14 +25,18 @@ from typing import Any, NoReturn
 import grpc
 
 from raftkv.client import errors
-from raftkv.client.transport import Retry, Stubs, Transport
+from raftkv.client.transport import Retry, Stubs, Transport, UnaryMethod
 from raftkv.pb.etcdserverpb import rpc_pb2
+from raftkv.proxy.leader import LeaderTracker
 
 __all__ = ["Forwarder", "abort_with", "forwarded_metadata", "retry_class"]
 
 Metadata = tuple[tuple[str, str], ...]
 # A stub method chosen once the endpoint is known: `lambda s: s.kv.Range`.
 StubMethod = Callable[[Stubs], Callable[..., Any]]
+
+# grpc's text for a call that failed to connect (`raftkv.client.transport.never_sent`).
+_CONNECT_FAILED = "failed to connect to all addresses"
 
 PASSED_METADATA = frozenset({"token", "hasleader", "traceparent"})
 
@@ -77,6 +84,13 @@ def retry_class(method: str, request: Any) -> Retry:
     return Retry.MUTABLE
 
 
+def _never_sent(error: errors.EtcdError) -> bool:
+    """The transport's two ways of saying a call failed before anything was sent."""
+    return error.message.startswith(_CONNECT_FAILED) or error.message.endswith(
+        ": could not connect"
+    )
+
+
 def forwarded_metadata(context: grpc.aio.ServicerContext) -> Metadata:
     return tuple(
         (key, value)
@@ -101,6 +115,7 @@ class Forwarder:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self.leaders = LeaderTracker(transport)
 
     async def unary(
         self,
@@ -135,9 +150,43 @@ class Forwarder:
 
             return send
 
+        if retry is Retry.MUTABLE:
+            return await self._to_leader(bound, request, time_left(context))
         return await self.transport.unary(
             bound, request, retry=retry, timeout=time_left(context), authenticated=False
         )
+
+    async def _to_leader(self, method: UnaryMethod, request: Any, timeout: float) -> Any:
+        """A mutation, sent to the leader; moved only while it provably has not been sent."""
+        transport = self.transport
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            endpoint = await self.leaders.leader(deadline)
+            remaining = deadline - loop.time()
+            if endpoint is None:
+                return await transport.unary(
+                    method, request, retry=Retry.MUTABLE, timeout=remaining, authenticated=False
+                )
+            if remaining <= 0:
+                raise errors.TimeoutError()
+            if not await transport.connect(endpoint, min(remaining, transport.dial_timeout)):
+                transport.mark_failed(endpoint)
+                self.leaders.lost(endpoint)
+                continue
+            try:
+                return await transport.unary(
+                    method,
+                    request,
+                    retry=Retry.MUTABLE,
+                    timeout=remaining,
+                    endpoint=endpoint,
+                    authenticated=False,
+                )
+            except errors.UnavailableError as error:
+                self.leaders.lost(endpoint)
+                if not _never_sent(error):
+                    raise
 
     async def server_stream(
         self, method: StubMethod, request: Any, context: grpc.aio.ServicerContext

@@ -241,6 +241,7 @@ class GrpcProxy:
             await self._server.stop(grace)
         await self.watches.close()
         await self.keep_alives.close()
+        await self.forwarder.leaders.close()
         await self.client.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
