@@ -10,6 +10,7 @@ failover to another replica) is finished by the next one. Kubernetes calls go th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -109,12 +110,14 @@ class Reconciler:
         if state is not None:
             previous.setdefault("clusterID", f"{state.cluster_id:x}")
 
-        decided = planner.plan(observed)
-        step = decided.step
         if observed.members is not None:
-            # Pods always follow the membership (idempotent; OnDelete restarts nothing).
+            # Pods always follow the membership (idempotent; OnDelete restarts nothing), before
+            # planning, so a step cut off between a member change and the resize is completed.
             wanted = planner.desired_resources(observed)
             await self._apply_statefulset(names, spec, owner, token, sts, wanted)
+            observed = dataclasses.replace(observed, replicas=wanted.replicas)
+        decided = planner.plan(observed)
+        step = decided.step
         for chore in decided.housekeeping:
             await self._take(chore, names, spec, owner, token, sts, api, events)
         acted = await self._take(step, names, spec, owner, token, sts, api, events)
