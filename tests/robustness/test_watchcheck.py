@@ -1,11 +1,14 @@
-"""Unit tests of the watch checks: a correct log passes, and each broken guarantee is named."""
+"""Unit tests of the watch checks (a correct log passes, each broken guarantee is named) and of
+the lock-fencing check."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from tests.robustness.history import Call, Kind, Op, Result
 from tests.robustness.watchcheck import Event, Response, Session, WatchLog, check_watches
+from tests.robustness.workload import FENCE_KEY, LockWorker, check_lock_fencing
 
 HISTORY = [
     Call(0, Op(Kind.PUT, "k", "a"), 0, 1, Result(2)),
@@ -144,3 +147,19 @@ def test_prev_kv_may_be_missing_only_where_compacted() -> None:
     rs[2] = Response(0, 3, "events", (replace(EVENTS[1], prev=None),))
     assert not check_watches([log], HISTORY, compacted=3).violations
     assert any("carries prev_kv None" in v for v in check_watches([log], HISTORY).violations)
+
+
+def test_lock_fencing_check() -> None:
+    def log(*values: str) -> dict[int, tuple[Event, ...]]:
+        return {
+            rev: (Event("PUT", FENCE_KEY.decode(), value, rev),)
+            for rev, value in enumerate(values, start=2)
+        }
+
+    worker = LockWorker(0, [], random.Random(0))
+    assert not check_lock_fencing(log("w0-1:start", "w0-1:end", "w1-1:start"), [worker])
+    # A stalled holder whose late write got through after the next holder started.
+    late = check_lock_fencing(log("w0-1:start", "w1-1:start", "w0-1:end"), [worker])
+    assert any("after another holder" in v for v in late)
+    worker.acknowledged.append(("w0-2:start", 9))
+    assert any("not in the log" in v for v in check_lock_fencing(log("w0-1:start"), [worker]))
