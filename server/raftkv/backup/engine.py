@@ -165,6 +165,31 @@ def _event_pb(event: Event) -> kv_pb2.Event:
     return out
 
 
+def choose_member(answers: Sequence[tuple[str, StatusResult | str]]) -> tuple[str, StatusResult]:
+    """The member a full backup streams from, given each endpoint's Status (or the error it
+    gave): a voter that knows a leader and reports no error, the highest applied index first
+    (the freshest snapshot), a follower on a tie (a snapshot costs its member CPU and I/O)."""
+    candidates: list[tuple[str, StatusResult]] = []
+    problems: list[str] = []
+    for endpoint, status in answers:
+        if isinstance(status, str):
+            problems.append(f"{endpoint}: {status}")
+        elif status.is_learner:
+            problems.append(f"{endpoint}: a learner")
+        elif not status.leader:
+            problems.append(f"{endpoint}: no leader")
+        elif status.errors:
+            problems.append(f"{endpoint}: {'; '.join(status.errors)}")
+        else:
+            candidates.append((endpoint, status))
+    if not candidates:
+        raise BackupError("no healthy member to back up from: " + ", ".join(problems))
+    return max(
+        candidates,
+        key=lambda c: (c[1].raft_applied_index, c[1].leader != c[1].header.member_id),
+    )
+
+
 class BackupRepository:
     """The backups under `s3://BUCKET/PREFIX`; see the module docstring.
 
@@ -237,32 +262,13 @@ class BackupRepository:
         raise ValueError(f"kind must be {FULL!r} or {INCREMENTAL!r}, not {kind!r}")
 
     def _pick_member(self, client: SyncClient) -> tuple[str, StatusResult]:
-        """The healthy voter with the highest applied index; followers win ties."""
-        candidates: list[tuple[str, StatusResult]] = []
-        problems: list[str] = []
+        answers: list[tuple[str, StatusResult | str]] = []
         for endpoint in client.endpoints:
             try:
-                status = client.status(endpoint)
+                answers.append((endpoint, client.status(endpoint)))
             except errors.EtcdError as error:
-                problems.append(f"{endpoint}: {error.message}")
-                continue
-            if status.is_learner or not status.leader or status.errors:
-                reason = (
-                    "a learner"
-                    if status.is_learner
-                    else "without a leader"
-                    if not status.leader
-                    else "; ".join(status.errors)
-                )
-                problems.append(f"{endpoint}: {reason}")
-                continue
-            candidates.append((endpoint, status))
-        if not candidates:
-            raise BackupError("no healthy member to back up from: " + ", ".join(problems))
-        return max(
-            candidates,
-            key=lambda c: (c[1].raft_applied_index, c[1].leader != c[1].header.member_id),
-        )
+                answers.append((endpoint, error.message))
+        return choose_member(answers)
 
     def _finish(self, upload: MultipartUpload, info: BackupInfo) -> BackupInfo:
         """Check the uploaded data object, then write the metadata that makes it a backup; on
@@ -394,13 +400,13 @@ class BackupRepository:
                             f"{event_timeout:.0f} s before reaching revision {until}"
                         ) from None
                     for event in batch.events:
-                        if event.revision > until:
-                            break
                         if event.revision > last + 1:
                             raise BackupError(
                                 f"the watch history jumped from revision {last} to "
                                 f"{event.revision}: an incremental backup would have a gap"
                             )
+                        if event.revision > until:
+                            break
                         out.write(encode_record(_event_pb(event)))
                         last = event.revision
                         count += 1
