@@ -159,6 +159,23 @@ ENV_CASES = [
     ("ETCD_AUTH_TOKEN", "simple,x=y", "auth_token", "simple,x=y"),
     ("ETCD_AUTH_TOKEN_TTL", "30", "auth_token_ttl", 30),
     ("ETCD_BCRYPT_COST", "12", "bcrypt_cost", 12),
+    ("ETCD_CERT_FILE", "s.crt", "cert_file", "s.crt"),
+    ("ETCD_KEY_FILE", "s.key", "key_file", "s.key"),
+    ("ETCD_TRUSTED_CA_FILE", "ca.crt", "trusted_ca_file", "ca.crt"),
+    ("ETCD_CLIENT_CERT_AUTH", "true", "client_cert_auth", True),
+    ("ETCD_AUTO_TLS", "true", "auto_tls", True),
+    ("ETCD_PEER_CERT_FILE", "p.crt", "peer_cert_file", "p.crt"),
+    ("ETCD_PEER_KEY_FILE", "p.key", "peer_key_file", "p.key"),
+    ("ETCD_PEER_TRUSTED_CA_FILE", "ca.crt", "peer_trusted_ca_file", "ca.crt"),
+    ("ETCD_PEER_CLIENT_CERT_AUTH", "1", "peer_client_cert_auth", True),
+    ("ETCD_PEER_AUTO_TLS", "true", "peer_auto_tls", True),
+    (
+        "ETCD_CIPHER_SUITES",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "cipher_suites",
+        ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"),
+    ),
+    ("ETCD_TLS_MIN_VERSION", "TLS1.3", "tls_min_version", "TLS1.3"),
 ]
 
 
@@ -255,6 +272,7 @@ def test_urls_parse_and_print_back() -> None:
     config = parse(
         "--listen-client-urls=https://[::1]:2379,http://0.0.0.0:2379",
         "--advertise-client-urls=https://[::1]:2379",
+        "--auto-tls",  # https needs a certificate
     )
     ipv6, wildcard = config.listen_client_urls
     assert (ipv6.scheme, ipv6.host, ipv6.port) == ("https", "::1", 2379)

@@ -101,10 +101,10 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def _promote_on_leader(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
-        target = await self._leader_client_target()
+        url = await self._leader_client_url()
         remaining = context.time_remaining()
         timeout = self.server.request_timeout if remaining is None else remaining
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with await self.server.tls.client_channel(url) as channel:
             try:
                 return await rpc_pb2_grpc.ClusterStub(channel).MemberPromote(
                     request, timeout=timeout, metadata=token_metadata(context)
@@ -113,8 +113,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 await context.abort(error.code(), error.details() or "")
                 raise  # unreachable: abort raises
 
-    async def _leader_client_target(self) -> str:
-        """`host:port` of the leader's first plain-HTTP client URL, waiting briefly for one."""
+    async def _leader_client_url(self) -> str:
+        """The leader's first client URL, waiting briefly for a leader."""
         node = self.server.node
         try:
             async with asyncio.timeout(node.tick_seconds * node.election_ticks):
@@ -123,7 +123,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         except TimeoutError:
             raise NoLeaderError() from None
         leader = self.server.applier.membership.get(node.leader)
-        for url in leader.client_urls if leader is not None else ():
-            if url.startswith("http://"):
-                return url.removeprefix("http://")
+        if leader is not None and leader.client_urls:
+            return leader.client_urls[0]
         raise NotLeaderError()  # the leader has not published a usable client URL yet

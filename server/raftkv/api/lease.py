@@ -64,7 +64,7 @@ class _LeaderRelay:
     async def renew(self, url: str, lease_id: int, timeout: float) -> int:
         if self._call is None or url != self._url:
             self.close()
-            stub = rpc_pb2_grpc.LeaseStub(self._service.channel(url))
+            stub = rpc_pb2_grpc.LeaseStub(await self._service.channel(url))
             self._call = stub.LeaseKeepAlive(metadata=_FORWARDED)
             self._url = url
         try:
@@ -199,7 +199,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 return self._time_to_live_here(request)
             url = self._leader_url()
             if url is not None:
-                stub = rpc_pb2_grpc.LeaseStub(self.channel(url))
+                stub = rpc_pb2_grpc.LeaseStub(await self.channel(url))
                 try:
                     response: rpc_pb2.LeaseTimeToLiveResponse = await stub.LeaseTimeToLive(
                         request, metadata=_FORWARDED, timeout=max(0.01, deadline - loop.time())
@@ -236,12 +236,13 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             return None  # not published yet
         return member.client_urls[0]
 
-    def channel(self, url: str) -> grpc.aio.Channel:
-        """A channel to a member's client URL, kept for the life of the process."""
+    async def channel(self, url: str) -> grpc.aio.Channel:
+        """A channel to a member's client URL (TLS for https), kept for the life of the process."""
         channel = self._channels.get(url)
         if channel is None:
-            target = url.removeprefix("http://")
-            channel = self._channels[url] = grpc.aio.insecure_channel(target)
+            channel = await self.server.tls.client_channel(url)
+            # Another task may have opened one meanwhile: keep the first.
+            channel = self._channels.setdefault(url, channel)
         return channel
 
     async def _pause_until(self, deadline: float) -> None:

@@ -37,6 +37,7 @@ from raftkv.observability.tracing import TracingConfigError, configure_from_env
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc
 from raftkv.pb.v3electionpb import v3election_pb2_grpc
 from raftkv.pb.v3lockpb import v3lock_pb2_grpc
+from raftkv.transport.tls import TLSMaterialError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def build_grpc_server(
 
 
 def _check_urls(config: ServerConfig) -> None:
-    for url in (*config.listen_client_urls, *config.listen_metrics_urls):
+    # https:// client URLs are checked by ServerConfig (they need --cert-file or --auto-tls).
+    for url in config.listen_metrics_urls:
         if url.scheme != "http":
-            raise DataDirError(f"URL {url} needs TLS, which is not configured")
+            raise DataDirError(f"metrics URL {url}: raftkv serves metrics over http only")
 
 
 def _health_router(
@@ -127,14 +129,26 @@ async def serve(config: ServerConfig) -> None:
     if tracing is not None:
         interceptors.insert(0, tracing.server_interceptor())
     grpc_server = build_grpc_server(member, grpc_target, interceptors)
+    # TLS clients of gRPC reach a second internal socket, where gRPC terminates TLS itself.
+    client_tls = member.tls.client
+    grpc_tls_address = None
+    if client_tls is not None:
+        grpc_tls_target, grpc_tls_address = internal_grpc_address()
+        if grpc_server.add_secure_port(grpc_tls_target, client_tls.grpc_credentials()) == 0:
+            raise OSError(f"cannot listen on {grpc_tls_target}")
     await grpc_server.start()
     router = _health_router(member, registry, metrics, version=True)
     gateway = JsonGateway.to_target(grpc_target)
     gateway.mount(router)
-    front = ClientPortFront(router, grpc_address, max_body_bytes=http_body_limit(config))
+    front = ClientPortFront(
+        router,
+        grpc_address,
+        max_body_bytes=http_body_limit(config),
+        grpc_tls_address=grpc_tls_address,
+    )
     metrics.observe_member(instrument.snapshot_source(member, front.pump))
     for url in config.listen_client_urls:
-        await front.listen(url.host, url.port)
+        await front.listen(url.host, url.port, client_tls if url.scheme == "https" else None)
     metrics_router = _health_router(member, registry, metrics, version=False)
     metrics_servers = [
         await serve_http(url.host, url.port, metrics_router, max_body_bytes=64 * 1024)
@@ -172,7 +186,7 @@ async def _wait_member_failure(member: MemberServer) -> None:
 def run(config: ServerConfig) -> int:
     try:
         asyncio.run(serve(config))
-    except (DataDirError, TracingConfigError) as error:
+    except (DataDirError, TracingConfigError, TLSMaterialError) as error:
         log.error("%s", error)
         return 1
     return 0

@@ -42,6 +42,7 @@ from raftkv.node.config import (
     parse_initial_cluster,
     parse_urls,
 )
+from raftkv.node.tlsconfig import DEFAULT_TLS_MIN_VERSION
 
 ETCD_API_VERSION = "3.4"
 ENV_PREFIX = "ETCD_"
@@ -96,6 +97,10 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
     return convert
 
 
+def _names(raw: str) -> Any:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
 _MS_FIELDS = {
     "heartbeat-interval": "heartbeat_interval_ms",
     "election-timeout": "election_timeout_ms",
@@ -127,6 +132,56 @@ class Flag:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper().replace("-", "_")
 
+
+def _tls_flags(prefix: str, side: str) -> tuple[Flag, ...]:
+    """etcd's five TLS flags of one side (`prefix` "" for client URLs, "peer-" for peers)."""
+    return (
+        Flag(f"{prefix}cert-file", _text, "", f"{side} TLS certificate (PEM)", "FILE"),
+        Flag(f"{prefix}key-file", _text, "", f"{side} TLS private key (PEM)", "FILE"),
+        Flag(
+            f"{prefix}trusted-ca-file",
+            _text,
+            "",
+            f"CA certificates (PEM) that verify {side} TLS client certificates",
+            "FILE",
+        ),
+        Flag(
+            f"{prefix}client-cert-auth",
+            _boolean,
+            "false",
+            f"require a {side} TLS client certificate signed by a trusted CA",
+            "BOOL",
+            boolean=True,
+        ),
+        Flag(
+            f"{prefix}auto-tls",
+            _boolean,
+            "false",
+            f"{side} TLS with a generated self-signed certificate (under <data-dir>/fixtures)",
+            "BOOL",
+            boolean=True,
+        ),
+    )
+
+
+_TLS_FLAGS: tuple[Flag, ...] = (
+    *_tls_flags("", "client"),
+    *_tls_flags("peer-", "peer"),
+    Flag(
+        "cipher-suites",
+        _names,
+        "",
+        "comma-separated TLS 1.2 cipher suites (Go's names, as etcd) for client and peer TLS",
+        "SUITES",
+    ),
+    Flag(
+        "tls-min-version",
+        _text,
+        DEFAULT_TLS_MIN_VERSION,
+        "lowest TLS version accepted: TLS1.2 or TLS1.3",
+        "VERSION",
+    ),
+)
 
 FLAGS: tuple[Flag, ...] = (
     Flag("name", _text, DEFAULT_NAME, "human-readable name of this member", "NAME"),
@@ -270,6 +325,7 @@ FLAGS: tuple[Flag, ...] = (
         "how often the leader checks that all members hold the same keyspace (0s: never)",
         "DURATION",
     ),
+    *_TLS_FLAGS,
 )
 
 

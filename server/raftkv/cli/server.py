@@ -4,7 +4,8 @@
 configuration as `raftkv: error: ...` with exit code 2 (argparse's convention for usage errors)
 before anything touches the data dir, sets up logging and hands over to `raftkv.api.server.run`.
 That import happens after the configuration is known to be good, so a bad flag fails fast
-without loading gRPC and the rest of the server.
+without loading gRPC and the rest of the server, and after `--cipher-suites` and
+`--tls-min-version` are exported to gRPC's TLS library, which reads them when it loads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from raftkv.cli.flags import parse_server_args
-from raftkv.node.config import ConfigError
+from raftkv.node.config import ConfigError, ServerConfig
 from raftkv.observability.logging import configure_logging, log_fields
 
 USAGE_ERROR = 2
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["grpc-proxy"]:  # `raftkv grpc-proxy start ...`, as `etcd grpc-proxy`
+        from raftkv.cli.grpc_proxy import main as grpc_proxy_main
+
+        return grpc_proxy_main(args[1:])
     warnings: list[str] = []
     try:
         config = parse_server_args(
@@ -46,9 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         listen_peer_urls=[str(url) for url in config.listen_peer_urls],
         initial_cluster_state=config.initial_cluster_state,
     )
+    _export_grpc_ciphers(config)
     from raftkv.api.server import run
 
     return run(config)
+
+
+def _export_grpc_ciphers(config: ServerConfig) -> None:
+    """gRPC reads its TLS cipher list from the environment once, when it is imported, and
+    has no other setting for it; nothing has imported it yet (see the module docstring)."""
+    value = config.grpc_cipher_env
+    if value is None:
+        return
+    if "grpc" in sys.modules:
+        raise RuntimeError("gRPC was imported before --cipher-suites could be applied")
+    os.environ["GRPC_SSL_CIPHER_SUITES"] = value
 
 
 if __name__ == "__main__":

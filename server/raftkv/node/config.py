@@ -28,6 +28,14 @@ from raftkv.auth import (
     TokenProvider,
     TokenSpec,
 )
+from raftkv.node.tlsconfig import (
+    DEFAULT_TLS_MIN_VERSION,
+    TLSConfigError,
+    TLSSide,
+    check_min_version,
+    grpc_cipher_env,
+    openssl_cipher_suites,
+)
 
 DEFAULT_NAME = "default"
 DEFAULT_CLIENT_URL = "http://localhost:2379"
@@ -229,6 +237,21 @@ class ServerConfig:
     # Seconds a simple token lives after its last use.
     auth_token_ttl: int = DEFAULT_AUTH_TOKEN_TTL
     bcrypt_cost: int = DEFAULT_BCRYPT_COST
+    # TLS on client URLs (https://); see `client_tls` and `raftkv.node.tlsconfig`.
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    auto_tls: bool = False
+    # TLS between members (https:// peer URLs).
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    peer_auto_tls: bool = False
+    # Go's names (etcd's --cipher-suites); empty means the TLS library's defaults.
+    cipher_suites: tuple[str, ...] = ()
+    tls_min_version: str = DEFAULT_TLS_MIN_VERSION
 
     def __post_init__(self) -> None:
         def put(attribute: str, value: object) -> None:
@@ -280,6 +303,7 @@ class ServerConfig:
             raise ConfigError(f'unknown auto-compaction-mode "{self.auto_compaction_mode}"')
         _parse_retention(self.auto_compaction_mode, self.auto_compaction_retention)
         self._validate_auth()
+        self._validate_tls()
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f'unknown --log-level "{self.log_level}" (use one of {", ".join(LOG_LEVELS)})'
@@ -296,6 +320,62 @@ class ServerConfig:
                 f"--auth-token-ttl must not be negative (set to {self.auth_token_ttl})"
             )
         self.token_provider()  # reads the jwt keys, so a bad one stops the start here
+
+    def _validate_tls(self) -> None:
+        try:
+            openssl_cipher_suites(self.cipher_suites)
+            check_min_version(self.tls_min_version, self.cipher_suites)
+            # Certificates matter only where a URL is https (etcd ignores them elsewhere).
+            for url in self.listen_client_urls:
+                if url.scheme == "https" and not self.client_tls.enabled:
+                    raise TLSConfigError(
+                        "TLS key/cert (--cert-file, --key-file) must be provided for client url "
+                        f"{url} with HTTPS scheme"
+                    )
+                if url.scheme == "https":
+                    self.client_tls.check("")
+            for url in self.listen_peer_urls:
+                if url.scheme == "https" and not self.peer_tls.enabled:
+                    raise TLSConfigError(
+                        f"cannot listen on TLS for {url.address}: KeyFile and CertFile are not "
+                        "presented"
+                    )
+                if url.scheme == "https":
+                    self.peer_tls.check("peer-")
+        except TLSConfigError as error:
+            raise ConfigError(str(error)) from None
+
+    @property
+    def client_tls(self) -> TLSSide:
+        """The client URLs' TLS flags."""
+        return TLSSide(
+            self.cert_file,
+            self.key_file,
+            self.trusted_ca_file,
+            self.client_cert_auth,
+            self.auto_tls,
+        )
+
+    @property
+    def peer_tls(self) -> TLSSide:
+        """The peer URLs' TLS flags."""
+        return TLSSide(
+            self.peer_cert_file,
+            self.peer_key_file,
+            self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+            self.peer_auto_tls,
+        )
+
+    @property
+    def openssl_cipher_suites(self) -> tuple[str, ...]:
+        """--cipher-suites in OpenSSL's names (empty: the library's defaults)."""
+        return openssl_cipher_suites(self.cipher_suites)
+
+    @property
+    def grpc_cipher_env(self) -> str | None:
+        """What GRPC_SSL_CIPHER_SUITES must hold before gRPC loads (None: leave it alone)."""
+        return grpc_cipher_env(self.cipher_suites, self.tls_min_version)
 
     def token_provider(self) -> TokenProvider:
         """A new token provider for `--auth-token`; raises ConfigError."""

@@ -89,18 +89,28 @@ def grpc_target(url: str) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "https"
 
 
+async def _default_channel(url: str) -> grpc.aio.Channel:
+    target, secure = grpc_target(url)
+    if secure:
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+    return grpc.aio.insecure_channel(target)
+
+
 async def fetch_hash_kv(
-    member: Member, revision: int, timeout: float
+    member: Member,
+    revision: int,
+    timeout: float,
+    open_channel: Callable[[str], Awaitable[grpc.aio.Channel]] = _default_channel,
 ) -> rpc_pb2.HashKVResponse | None:
     """`member`'s HashKV at `revision` from the first client URL that answers; None if none
-    does (unreachable, behind, or compacted past `revision`)."""
+    does (unreachable, behind, or compacted past `revision`). `open_channel` gives a channel
+    to a client URL (the member's TLS settings)."""
     for url in member.client_urls:
-        target, secure = grpc_target(url)
-        channel = (
-            grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-            if secure
-            else grpc.aio.insecure_channel(target)
-        )
+        try:
+            channel = await open_channel(url)
+        except OSError as error:
+            log.info("member %x (%s) unreachable: %s", member.id, url, error)
+            continue
         try:
             stub = rpc_pb2_grpc.MaintenanceStub(channel)
             return await stub.HashKV(rpc_pb2.HashKVRequest(revision=revision), timeout=timeout)

@@ -25,6 +25,7 @@ from then on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -39,7 +40,7 @@ from raftkv.lease import LeaseKeeper, Lessor, min_lease_ttl
 from raftkv.membership import Member, compute_cluster_id, compute_member_id
 from raftkv.node import compactor, join
 from raftkv.node.config import ServerConfig
-from raftkv.node.corruption import CorruptionChecker
+from raftkv.node.corruption import CorruptionChecker, fetch_hash_kv
 from raftkv.node.errors import (
     DataDirError,
     JoinError,
@@ -50,6 +51,7 @@ from raftkv.node.errors import (
 from raftkv.node.quota import BackendQuota
 from raftkv.node.raft_node import LeaderChange, RaftNode
 from raftkv.node.raft_tracing import RaftTracer
+from raftkv.node.tls import MemberTLS
 from raftkv.observability.metrics import ServerMetrics
 from raftkv.observability.network import HeartbeatMonitor, probe_peers_forever
 from raftkv.observability.tracing import Tracing
@@ -106,11 +108,13 @@ class MemberServer:
         self._corruption_check: asyncio.Task[None] | None = None
         self.quota: BackendQuota
         self.auth: AuthGate
+        self.tls: MemberTLS
 
     # ---- start and stop ----------------------------------------------------------------------
 
     async def start(self) -> None:
         metrics = self.metrics
+        self.tls = MemberTLS(self.config)
         self.snap_dir.mkdir(parents=True, exist_ok=True)
         lessor = Lessor(
             min_ttl=min_lease_ttl(self.config.election_ticks, self.config.heartbeat_interval_ms)
@@ -154,6 +158,7 @@ class MemberServer:
             self.node.wait_applied,
             self.applier.lessor.keys,
             index_wait=self.request_timeout,
+            client_cert_auth=self.config.client_tls.cert_auth,
         )
         self.quota = BackendQuota(
             self.config.effective_quota_backend_bytes,
@@ -176,6 +181,8 @@ class MemberServer:
             member_list=self._members_response,
             on_removed=lambda: self._leave("a peer refused it as removed"),
             metrics=metrics.peers if metrics else None,
+            channel_tls=self.tls.peer_channels,
+            server_credentials=self.tls.peer.grpc_credentials() if self.tls.peer else None,
         )
         self._sync_peers()
         self.node.add_apply_listener(self._sync_peers)
@@ -392,7 +399,7 @@ class MemberServer:
 
     async def _join_existing(self) -> tuple[RawNode, MemoryStorage, WAL, int]:
         asked = self._other_peer_urls()
-        remote = await join.fetch_cluster(asked, JOIN_TIMEOUT)
+        remote = await join.fetch_cluster(asked, JOIN_TIMEOUT, self.tls.peer_channels)
         if remote is None:
             raise JoinError(
                 "cannot fetch the member list from the other --initial-cluster members "
@@ -418,7 +425,7 @@ class MemberServer:
 
     async def _check_same_cluster(self) -> None:
         """Refuse a data dir of another cluster than the one the peers form (when they answer)."""
-        remote = await join.fetch_cluster(self._other_peer_urls(), 0)
+        remote = await join.fetch_cluster(self._other_peer_urls(), 0, self.tls.peer_channels)
         if remote is not None and remote.cluster_id != self.cluster_id:
             raise DataDirError(
                 f"data dir {self.config.data_dir} belongs to cluster {self.cluster_id:x} "
@@ -503,6 +510,7 @@ class MemberServer:
             members=lambda: self.applier.membership.sorted_members(),
             read_barrier=self.node.read_barrier,
             raise_alarm=raise_corrupt,
+            fetch=functools.partial(fetch_hash_kv, open_channel=self.tls.client_channel),
         )
         return asyncio.create_task(checker.run())
 

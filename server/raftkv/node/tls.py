@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
 
 from raftkv.node.config import ServerConfig
 from raftkv.node.tlsconfig import TLS13, TLSSide
@@ -64,7 +67,8 @@ class MemberTLS:
         self.peer: ServerTLS | None = None
         self.peer_channels: ChannelTLS | None = None
         self.member_channels: ChannelTLS | None = None
-        if client.enabled:
+        # Files given for http:// client URLs are ignored, as etcd ignores them (with a warning).
+        if client.enabled and any(url.scheme == "https" for url in config.listen_client_urls):
             hosts = [url.host for url in config.listen_client_urls]
             source = _source(config, client, "client", hosts)
             self.client = _server_tls(config, client, source)
@@ -80,3 +84,13 @@ class MemberTLS:
             self.peer_channels = ChannelTLS(
                 source, peer.trusted_ca_file or None, pin_peer_certificate=peer.self_signed
             )
+
+    async def client_channel(self, url: str) -> grpc.aio.Channel:
+        """A new channel to another member's client URL (https with this member's client TLS
+        settings, else plaintext); the caller closes it."""
+        parts = urlsplit(url)
+        if parts.scheme != "https":
+            return grpc.aio.insecure_channel(parts.netloc)
+        tls = self.member_channels or ChannelTLS(None)
+        _, credentials = await tls.credentials(url)
+        return grpc.aio.secure_channel(parts.netloc, credentials)
