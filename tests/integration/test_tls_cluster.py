@@ -28,6 +28,7 @@ import grpc
 import pytest
 from cryptography import x509
 from raftkv.cli import ctl
+from raftkv.client import SyncClient, TLSConfig
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.pb.raftpb import peer_pb2_grpc
 from raftkv.pb.raftpb.peer_pb2 import ProbeRequest
@@ -154,6 +155,32 @@ def test_clients_without_a_certificate_are_refused(cluster: RaftKVCluster, pki: 
         ).read()
     with urllib.request.urlopen(f"{url}/health", timeout=10, context=https_context(pki)) as resp:
         assert resp.read() == b'{"health":"true"}'
+
+
+def _follower(cluster: RaftKVCluster, pki: Pki) -> RaftKVMember:
+    deadline = time.monotonic() + _WAIT_S
+    while True:
+        for member in cluster.members:
+            target = _target(member.client_url)
+            with grpc.secure_channel(target, channel_credentials(pki)) as channel:
+                stub = rpc_pb2_grpc.MaintenanceStub(channel)
+                status = stub.Status(rpc_pb2.StatusRequest(), timeout=10)
+            if status.leader and status.leader != status.header.member_id:
+                return member
+        assert time.monotonic() < deadline, "no follower found"
+        time.sleep(0.2)
+
+
+def test_the_python_client_over_mutual_tls(cluster: RaftKVCluster, pki: Pki) -> None:
+    """AsyncClient/SyncClient on an https endpoint; a follower forwards the lease keep-alive
+    to the leader's https client URL with its own client certificate."""
+    cert, key = pki.client("alice")
+    tls = TLSConfig(ca_file=pki.ca, cert_file=cert, key_file=key)
+    with SyncClient([_follower(cluster, pki).client_url], tls=tls, timeout=30) as client:
+        client.put("/tls/client", "py")
+        assert client.get("/tls/client").kvs[0].value == b"py"
+        lease = client.lease_grant(60)
+        assert client.lease_keep_alive_once(lease.id).ttl > 0
 
 
 def test_a_peer_with_a_certificate_from_another_ca_is_refused(

@@ -262,7 +262,7 @@ def _duration(text: str, flag: str) -> float:
         raise CommandError(f"invalid value {text!r} for --{flag}: {error}", EXIT_BAD_ARGS) from None
 
 
-def _explicit_booleans(argv: Sequence[str]) -> list[str]:
+def expand_boolean_flags(argv: Sequence[str]) -> list[str]:
     """`--insecure-skip-tls-verify` alone means `=true`, and never takes the next argument as
     its value (Go's boolean flags), so it is spelled out before argparse sees it."""
     alone = {f"--{flag.name}" for flag in GLOBAL_FLAGS if flag.boolean}
@@ -335,7 +335,7 @@ def main(
     err = stderr or sys.stderr
     try:
         parser = build_parser()
-        args = parser.parse_args(_explicit_booleans(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(expand_boolean_flags(sys.argv[1:] if argv is None else argv))
         handler = getattr(args, "handler", None)
         if handler is None:
             parser.print_help(out)
