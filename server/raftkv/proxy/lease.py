@@ -13,6 +13,10 @@ Renewing is idempotent, so when the upstream stream breaks (its member died) the
 it are simply sent again on a new stream to another member: the client sees latency, no error.
 A lease the cluster no longer knows gets TTL 0, as from the cluster itself. LeaseKeepAlive
 needs no auth in etcd 3.4, so the shared stream carries no token.
+
+The price of answering from a recent renewal: a lease revoked *around* the proxy (directly on
+the cluster, or by another proxy) can be reported alive for up to a tenth of its TTL. A
+revocation through this proxy is seen at once (`forget`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ class KeepAliveHub:
             if self._task is None or self._task.done():
                 self._task = loop.create_task(self._run(), name="raftkv-proxy-keepalive")
         return await asyncio.shield(future)
+
+    def forget(self, lease_id: int) -> None:
+        """The lease was revoked through the proxy: no answer may come from its last renewal."""
+        self._recent.pop(lease_id, None)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -121,6 +121,7 @@ class GrpcProxy:
             )
         finally:
             self.cache.clear()  # the lease's keys are gone, whichever they were
+            self.keep_alives.forget(request.ID)
 
     async def _member_list(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
