@@ -170,6 +170,13 @@ def test_incremental_after_compaction_past_the_last_backup_asks_for_a_full_backu
         # Nothing half-written stays behind, and a full backup then restarts the chain.
         assert [b.key for b in repo.list().backups] == [full.key]
         again = repo.save_full(client)
+        unchanged = repo.save_incremental(client)
+        assert (unchanged.events, unchanged.base_revision) == (0, again.revision)
+        assert unchanged.revision == again.revision
         client.put("compaction/k", "3")
         after = repo.save_incremental(client)
+        # A full backup and an incremental at the same revision: the chain goes on from the
+        # full, the shorter way back.
         assert after.parent == again.key and after.events == 1
+        assert repo.plan().incrementals == (after,)
+        assert all(report.ok for report in repo.verify())

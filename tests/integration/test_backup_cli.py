@@ -116,6 +116,10 @@ def test_save_list_verify_restore_prune_with_raftkvctl(s3_server: S3Server, tmp_
     verified = raftkvctl(s3_server, "backup", "verify", location, *s3)
     assert verified.returncode == 1
     assert f"FAILED s3://{bucket}/{key}" in verified.stdout
+    full_only = raftkvctl(
+        s3_server, "backup", "verify", location, *s3, "--object", lines[0].split(", ")[4]
+    )
+    assert full_only.returncode == 0 and full_only.stdout.startswith("OK ")
     again = tmp_path / "again.raftkv"
     refused = raftkvctl(s3_server, *restore_args(again))
     assert refused.returncode == 1 and "truncated or replaced" in refused.stderr

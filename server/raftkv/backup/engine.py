@@ -123,28 +123,32 @@ class VerifyReport:
 
 
 class _TrailerCheck:
-    """A sink for the snapshot stream that forwards every byte and checks, as they pass, that
-    the last 32 are the SHA-256 of all before them (what `etcdctl snapshot save` checks)."""
+    """A sink for a snapshot stream that checks, as bytes pass (and are forwarded to `out`),
+    that the last 32 are the SHA-256 of all before them (what `etcdctl snapshot save` checks)."""
 
-    def __init__(self, out: MultipartUpload) -> None:
+    def __init__(self, out: MultipartUpload | None = None) -> None:
         self._out = out
         self._digest = hashlib.sha256()
         self._tail = b""
 
     def write(self, data: bytes) -> int:
-        self._out.write(data)
+        if self._out is not None:
+            self._out.write(data)
         joined = self._tail + data
         cut = max(len(joined) - SHA256_BYTES, 0)
         self._digest.update(joined[:cut])
         self._tail = joined[cut:]
         return len(data)
 
+    @property
+    def intact(self) -> bool:
+        return len(self._tail) == SHA256_BYTES and self._digest.digest() == self._tail
+
     def finish(self) -> None:
-        if len(self._tail) < SHA256_BYTES:
-            raise CorruptBackupError("the snapshot stream ended before its SHA-256 trailer")
-        if self._digest.digest() != self._tail:
+        if not self.intact:
             raise CorruptBackupError(
-                "the snapshot stream is damaged: its SHA-256 trailer does not match the data"
+                "the snapshot stream is damaged or cut short: it does not end with the SHA-256 "
+                "of its data"
             )
 
 
@@ -297,6 +301,8 @@ class BackupRepository:
                 check = _TrailerCheck(upload)
                 snap = client.snapshot(check, endpoint=endpoint, progress=progress, timeout=None)
                 check.finish()
+                if snap.header.revision < 1:
+                    raise BackupError("the member sent its snapshot without a revision header")
                 upload.complete()
         except S3_ERRORS as error:
             raise BackupError(f"cannot upload {self._url(key)}: {describe(error)}") from None
@@ -425,9 +431,7 @@ class BackupRepository:
 
     # -- verification ---------------------------------------------------------------------------
 
-    def verify(
-        self, keys: Sequence[str] = (), *, progress: Callable[[BackupInfo], object] | None = None
-    ) -> list[VerifyReport]:
+    def verify(self, keys: Sequence[str] = ()) -> list[VerifyReport]:
         """Read back every backup (or those whose data key is in `keys`): size and SHA-256 as
         in the metadata, a full's snapshot trailer, an incremental's events (decodable, in its
         revision range, without gaps) and its chain back to a full backup."""
@@ -437,8 +441,6 @@ class BackupRepository:
         for info in listing.backups:
             if keys and info.key not in keys:
                 continue
-            if progress is not None:
-                progress(info)
             problem = ""
             try:
                 self._verify_data(info)
@@ -456,14 +458,10 @@ class BackupRepository:
         stream = io.BufferedReader(raw, buffer_size=1 << 20)
         trailer_ok = True
         if info.is_full:
-            db = hashlib.sha256()
-            tail = b""
+            trailer = _TrailerCheck()
             while chunk := stream.read(1 << 20):
-                joined = tail + chunk
-                cut = max(len(joined) - SHA256_BYTES, 0)
-                db.update(joined[:cut])
-                tail = joined[cut:]
-            trailer_ok = db.digest() == tail
+                trailer.write(chunk)
+            trailer_ok = trailer.intact
         else:
             last = info.base_revision
             for event in read_events(stream, name):

@@ -60,7 +60,13 @@ def register(commands: Any) -> None:
     verify = _with_location(
         sub.add_parser("verify", help="read every backup back and check it is restorable")
     )
-    verify.add_argument("objects", nargs="*", help="only these data objects (keys)")
+    verify.add_argument(
+        "--object",
+        dest="objects",
+        action="append",
+        default=[],
+        help="only this data object (key or s3:// URL as listed); repeatable",
+    )
     verify.set_defaults(handler=verify_command)
 
     restore = _with_location(
@@ -226,7 +232,8 @@ def verify_command(ctx: Context, args: argparse.Namespace) -> None:
 
     repo = _repository(args)
     try:
-        reports = repo.verify(args.objects)
+        bucket_url = f"s3://{repo.location.bucket}/"
+        reports = repo.verify([o.removeprefix(bucket_url) for o in args.objects])
     except BackupError as error:
         raise CommandError(str(error)) from None
     if not reports:
