@@ -6,8 +6,10 @@ creates buckets and gives the AWS_* variables a subprocess (raftkvctl) needs. `s
 the process and removes the data, also after a failed start. Without the binary the tests are
 skipped with the reason (as the etcd ones are); `make test` builds it.
 
-The `s3_server` fixture (session-scoped: one server for every test, each using its own bucket
-via `new_bucket()`) is imported into the conftest.py or test module that needs it.
+The `s3_server` fixture (module-scoped: one server per test module, about a second to start,
+each test using its own bucket via `new_bucket()`) is imported into the conftest.py or test
+module that needs it. Not session-scoped: each importing module would get its own copy anyway,
+and all of them would live until the end of the run.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ def _wait_ready(server: S3Server) -> None:
     raise TimeoutError(f"minio not serving: {last}\n{server.log_tail()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if not minio_installed():
         pytest.skip(f"MinIO not built ({MINIO_BIN}); `make minio` (run by `make test`) builds it")
