@@ -140,6 +140,11 @@ def test_full_and_incremental_backups_restore_to_latest_and_earlier_revisions(
         with latest:
             assert revisions == [newest] * 3
             assert_same_keyspace(client, endpoint, latest, newest, at_newest)
+            # The lease comes from the full backup; keys put with it later are attached again.
+            with SyncClient(latest.endpoints, timeout=30) as restored:
+                attached = restored.lease_time_to_live(lease, keys=True)
+            assert attached.granted_ttl == 3600
+            assert set(attached.keys) == {b"round0/leased", b"round1/leased", b"round3/leased"}
 
         # `middle` lies inside the first incremental: its events are replayed up to there.
         assert full.revision < middle < first.revision
