@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from raftkv.client import AsyncClient, SyncClient
+from raftkv.client import AsyncClient, PermissionType, SyncClient, errors
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
@@ -288,3 +288,34 @@ def test_the_proxy_registers_under_the_prefix_until_it_dies_and_the_ttl_passes(
             assert time.monotonic() - killed >= ttl - 1.5
     finally:
         proxy.kill()
+
+
+# ---- auth -------------------------------------------------------------------------------------
+
+
+def test_callers_act_with_their_own_rights_through_the_proxy(
+    cluster: RaftKVCluster, proxy: ProxyProcess
+) -> None:
+    with SyncClient(cluster.endpoints) as admin:
+        admin.user_add("root", "rootpw")
+        admin.user_grant_role("root", "root")
+        admin.role_add("reader")
+        admin.role_grant_permission("reader", "a/", PermissionType.READ, prefix=True)
+        admin.user_add("alice", "alicepw")
+        admin.user_grant_role("alice", "reader")
+        admin.auth_enable()
+    with (
+        SyncClient(cluster.endpoints, username="root", password="rootpw") as root,
+        SyncClient(proxy.url, username="alice", password="alicepw") as alice,
+    ):
+        root.put("a/1", "x")
+        assert alice.get("a/1").kvs[0].value == b"x"
+        with pytest.raises(errors.PermissionDeniedError):
+            alice.get("b/1")
+        with pytest.raises(errors.PermissionDeniedError):
+            alice.put("a/2", "y")
+        with alice.watch("a/", prefix=True) as watch:
+            root.put("a/3", "z")
+            assert [e.kv.key for e in watch.next(timeout=WAIT_S)] == [b"a/3"]
+        with pytest.raises(errors.PermissionDeniedError), alice.watch("b/", prefix=True) as refused:
+            refused.next(timeout=WAIT_S)

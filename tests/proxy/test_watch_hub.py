@@ -212,3 +212,9 @@ def test_progress_reaches_only_watchers_that_asked(hub: WatchHub) -> None:
     assert [(r.watch_id, r.header.revision) for r in drain(stream)] == [(1, 30)]
     stream.handle(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
     assert [(r.watch_id, r.header.revision) for r in drain(stream)] == [(-1, 30)]
+
+
+def test_watchers_share_only_with_watchers_of_the_same_auth_token(hub: WatchHub) -> None:
+    for token in ("token-a", "token-a", "token-b", ""):
+        ClientStream(hub, token).handle(create(b"k"))
+    assert sorted(b.key[4] for b in hub.broadcasts()) == ["", "token-a", "token-b"]

@@ -8,7 +8,8 @@ Three layers, as in etcd's grpc-proxy:
   members without losing or repeating a revision) and the client watchers it feeds. Its
   `next_rev` is the first revision it has not received yet.
 - `WatchHub`: the broadcasts, grouped by what makes two watches interchangeable — key,
-  range_end, filters and prev_kv (the upstream watch is created with exactly those).
+  range_end, filters and prev_kv (the upstream watch is created with exactly those), and the
+  client's auth token, which the upstream watch carries (the cluster checks every user itself).
 
 Joining. A watcher starting "now" (start revision 0) joins an established broadcast of its
 group at that broadcast's `next_rev`: everything before it was already sent, so "now" is
@@ -48,13 +49,15 @@ from raftkv.client.watch import Watch
 from raftkv.observability.grpc_server import go_code_name
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.mvccpb import kv_pb2
+from raftkv.proxy.forward import forwarded_metadata
 from raftkv.proxy.metrics import ProxyMetrics
 
 __all__ = ["Broadcast", "ClientWatcher", "WatchHub", "WatchKey"]
 
 log = logging.getLogger(__name__)
 
-WatchKey = tuple[bytes, bytes, tuple[int, ...], bool]  # key, range_end, filters, prev_kv
+# key, range_end, filters, prev_kv, and the auth token the client's stream carries
+WatchKey = tuple[bytes, bytes, tuple[int, ...], bool, str]
 
 AUTO_WATCH_ID = 0
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -98,6 +101,28 @@ def cancel_reason(error: errors.EtcdError) -> str:
     if error.code is grpc.StatusCode.UNKNOWN:
         return error.message
     return f"rpc error: code = {go_code_name(error.code)} desc = {error.message}"
+
+
+class _WithToken:
+    """The shared transport, opening streams with one client's auth token.
+
+    Watchers share an upstream watch only with watchers of the same token, so the cluster
+    checks each user's rights as it would without the proxy. The proxy has no credentials to
+    renew a token with: a watch whose token expires ends with the cluster's error.
+    """
+
+    def __init__(self, transport: Transport, token: str) -> None:
+        self._transport = transport
+        self.token = token
+
+    def metadata(self, *, require_leader: bool = False, token: str | None = None) -> Any:
+        return self._transport.metadata(require_leader=require_leader, token=token or self.token)
+
+    def wants_new_token(self, error: errors.EtcdError) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class ClientWatcher:
@@ -217,7 +242,7 @@ class Broadcast:
         )
 
     def _create_request(self) -> rpc_pb2.WatchCreateRequest:
-        key, range_end, filters, prev_kv = self.key
+        key, range_end, filters, prev_kv, _ = self.key
         return rpc_pb2.WatchCreateRequest(
             key=key,
             range_end=range_end,
@@ -230,7 +255,11 @@ class Broadcast:
 
     async def _open(self) -> Watch:
         while True:
-            watch = Watch(self.hub.transport, self._create_request(), require_leader=True)
+            transport = self.hub.transport
+            token = self.key[4]
+            if token:
+                transport = _WithToken(transport, token)  # type: ignore[assignment]
+            watch = Watch(transport, self._create_request(), require_leader=True)
             try:
                 return await watch.start(timeout=OPEN_ATTEMPT_S)
             except errors.UnavailableError:
@@ -404,8 +433,9 @@ class _Overflow(Exception):
 class ClientStream:
     """One client's Watch call: its watchers by ID and the queue of responses to send."""
 
-    def __init__(self, hub: WatchHub) -> None:
+    def __init__(self, hub: WatchHub, token: str = "") -> None:
         self.hub = hub
+        self.token = token
         self.watchers: dict[int, ClientWatcher] = {}
         self._queue: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue()
         # Creates not answered yet, in request order: clients (etcd's Go client among them)
@@ -484,7 +514,8 @@ class ClientStream:
         elif watch_id in self.watchers:
             self._refuse(DUPLICATE_WATCH_ID)
             return
-        group: WatchKey = (key, range_end, tuple(sorted(set(create.filters))), create.prev_kv)
+        filters = tuple(sorted(set(create.filters)))
+        group: WatchKey = (key, range_end, filters, create.prev_kv, self.token)
         watcher = ClientWatcher(
             self, watch_id, group, create.start_revision, create.progress_notify
         )
@@ -548,7 +579,8 @@ async def serve_watch(
     context: grpc.aio.ServicerContext,
 ) -> AsyncIterator[rpc_pb2.WatchResponse]:
     """The Watch RPC of the proxy: one client stream, any number of watchers on it."""
-    stream = ClientStream(hub)
+    token = next((v for k, v in forwarded_metadata(context) if k == "token"), "")
+    stream = ClientStream(hub, token)
     reader = asyncio.get_running_loop().create_task(_read_requests(requests, stream))
     try:
         while True:
