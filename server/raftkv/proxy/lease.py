@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from raftkv.client import errors
-from raftkv.client.transport import Transport
+from raftkv.client.transport import Endpoint, Transport
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.proxy.metrics import ProxyMetrics
 
@@ -102,10 +102,10 @@ class KeepAliveHub:
                 attempt += 1
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
-    async def _serve(self, endpoint: object) -> bool:
+    async def _serve(self, endpoint: Endpoint) -> bool:
         """Renew on one stream until it breaks; True if it answered at least once."""
         transport = self._transport
-        call = transport.stubs(endpoint).lease.LeaseKeepAlive(  # type: ignore[arg-type]
+        call = transport.stubs(endpoint).lease.LeaseKeepAlive(
             metadata=transport.metadata(require_leader=True)
         )
         # Whatever was waiting when the previous stream broke is sent again (idempotent).
@@ -134,7 +134,7 @@ class KeepAliveHub:
         finally:
             reader.cancel()
             call.cancel()
-        transport.mark_failed(endpoint)  # type: ignore[arg-type]
+        transport.mark_failed(endpoint)
         return answered
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> bool:
