@@ -40,7 +40,6 @@ class Source:
         self.store = KVStore(self.backend)
         self.repo = repo
         self.path = path
-        self.backups: list[BackupInfo] = []
 
     def write(self, round_: int, keys: int = 30, size: int = 10) -> int:
         for i in range(keys):
@@ -73,7 +72,6 @@ class Source:
         }
         info = BackupInfo(**{**defaults, **fields})  # type: ignore[arg-type]
         put_metadata(self.repo, info)
-        self.backups.append(info)
         return info
 
     def full(self, hour: float) -> BackupInfo:
