@@ -31,6 +31,13 @@ class ProxyProcess:
     log_path: Path
     args: list[str]
     process: subprocess.Popen[bytes] | None = field(default=None)
+    # TLS towards the proxy (it was started with --cert-file/--key-file); None: plain.
+    credentials: grpc.ChannelCredentials | None = None
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.credentials)
 
     @property
     def url(self) -> str:
@@ -56,7 +63,7 @@ class ProxyProcess:
             if not self.alive:
                 raise RuntimeError(f"proxy exited:\n{self.log_tail()}")
             try:
-                with grpc.insecure_channel(self.target) as channel:
+                with self.channel() as channel:
                     rpc_pb2_grpc.KVStub(channel).Range(rpc_pb2.RangeRequest(key=b"x"), timeout=5)
                 return
             except grpc.RpcError as error:
@@ -88,8 +95,14 @@ class ProxyProcess:
         return samples
 
 
-def start_proxy(root: Path, endpoints: str, *extra: str) -> ProxyProcess:
-    """A proxy in front of `endpoints`, serving; extra flags as `--name=value` strings."""
+def start_proxy(
+    root: Path,
+    endpoints: str,
+    *extra: str,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> ProxyProcess:
+    """A proxy in front of `endpoints`, serving; extra flags as `--name=value` strings
+    (`credentials` to reach one that serves TLS)."""
     port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     args = [
@@ -100,7 +113,11 @@ def start_proxy(root: Path, endpoints: str, *extra: str) -> ProxyProcess:
         *extra,
     ]
     proxy = ProxyProcess(
-        target, f"http://127.0.0.1:{metrics_port}/metrics", root / f"proxy-{port}.log", args
+        target,
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        root / f"proxy-{port}.log",
+        args,
+        credentials=credentials,
     )
     proxy.start()
     try:
