@@ -292,6 +292,18 @@ def test_an_upload_that_differs_from_what_was_sent_is_caught(s3_server: S3Server
         verify_upload(client, upload)
 
 
+def test_a_failed_upload_leaves_neither_an_object_nor_an_open_multipart_upload(
+    s3_server: S3Server,
+) -> None:
+    client = s3_server.client()
+    bucket = s3_server.new_bucket()
+    with pytest.raises(RuntimeError), MultipartUpload(client, bucket, "obj") as upload:
+        upload.write(b"x" * (MIN_PART_SIZE * 2))  # parts are on the server already
+        raise RuntimeError("the snapshot stream broke")
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_a_restore_refuses_an_existing_data_dir_and_a_bad_location(
     source: Source, tmp_path: Path
 ) -> None:
