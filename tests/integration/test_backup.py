@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from raftkv.backup import BackupInfo, BackupRepository, FullBackupNeededError, MemberSpec
+from raftkv.backup.s3 import DEFAULT_PART_SIZE
 from raftkv.client import SyncClient, ops
 
 from tests.support.raftkv import RaftKVCluster, plan_raftkv_cluster, start_raftkv_cluster
@@ -117,9 +118,12 @@ def test_full_and_incremental_backups_restore_to_latest_and_earlier_revisions(
     endpoint = source.members[0].client_url
     with SyncClient(source.endpoints, timeout=30) as client:
         lease = client.lease_grant(3600).id
+        for i in range(90):  # 9 MB of values: the snapshot is uploaded in two 8 MiB parts
+            client.put(f"bulk/{i:03d}", bytes([i]) * 100_000)
         load(client, 0, lease)
         full = repo.save_full(client)
         assert full.kind == "full" and full.revision == keyspace_revision(client)
+        assert full.size > DEFAULT_PART_SIZE
 
         middle = load(client, 1, lease)
         at_middle = keyspace(client, middle)
