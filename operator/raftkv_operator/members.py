@@ -4,7 +4,7 @@ The operator reaches members at their pods' IPs (no DNS needed, and the same in 
 in the local test tier). Every operation is written to be repeated safely, because a reconcile
 can be cut off after the member saw the request but before the operator saw the answer:
 
-- adding a member whose peer URL is already listed returns that member;
+- adding a member whose peer URL is already listed returns that member (without asking again);
 - removing a member that is gone counts as done;
 - promoting a member that is already a voter counts as done.
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from raftkv.client import AsyncClient, TLSConfig, errors
-from raftkv.client.types import Member
+from raftkv.client.types import Member, MemberListResult
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,18 @@ class Members:
 
     async def add_learner(self, peer_url: str) -> Member:
         async with self._client() as client:
+            # Look first: a second MemberAdd for an unstarted learner is refused as an
+            # unhealthy cluster (strict reconfig check), not as a duplicate.
+            existing = _with_peer_url(await client.member_list(), peer_url)
+            if existing is not None:
+                return existing
             try:
                 return (await client.member_add([peer_url], is_learner=True)).member
             except errors.PeerURLExistsError:
-                existing = await client.member_list()
-                for member in existing.members:
-                    if peer_url in member.peer_urls:
-                        return member
-                raise
+                existing = _with_peer_url(await client.member_list(), peer_url)
+                if existing is None:
+                    raise
+                return existing
 
     async def promote(self, member_id: int) -> None:
         async with self._client() as client:
@@ -141,3 +145,7 @@ class Members:
     async def move_leader(self, target_id: int) -> None:
         async with self._client() as client:
             await client.move_leader(target_id)
+
+
+def _with_peer_url(listed: MemberListResult, peer_url: str) -> Member | None:
+    return next((m for m in listed.members if peer_url in m.peer_urls), None)
