@@ -189,3 +189,9 @@ def test_incremental_after_compaction_past_the_last_backup_asks_for_a_full_backu
         assert after.parent == again.key and after.events == 1
         assert repo.plan().incrementals == (after,)
         assert all(report.ok for report in repo.verify())
+        # Retention drops the first chain (one full) and keeps the one restores now need.
+        pruned = repo.prune(keep_last=1)
+        assert [b.key for b in pruned.delete] == [full.key]
+        assert [b.key for b in repo.list().backups] == [again.key, unchanged.key, after.key]
+        assert repo.plan().revision == after.revision
+        assert all(report.ok for report in repo.verify())
