@@ -82,3 +82,9 @@ def test_a_txn_writes_what_either_branch_and_nested_txns_write() -> None:
         failure=[pb.RequestOp(request_txn=nested)],
     )
     assert written_ranges(txn) == [(b"a", b""), (b"d", b"f")]
+
+
+def test_a_ttl_of_zero_caches_nothing() -> None:
+    cache = RangeCache(ttl=0, clock=Clock())
+    cache.put("", rng(b"a"), answer(1))
+    assert len(cache) == 0 and cache.get("", rng(b"a")) is None

@@ -32,6 +32,7 @@ def test_every_flag_is_wired() -> None:
             "--cert-file=sc.pem",
             "--key-file=sk.pem",
             "--trusted-ca-file=sca.pem",
+            "--range-cache-ttl=0",
         ]
     )
     assert config.endpoints == ("http://10.0.0.1:2379", "https://10.0.0.2:2379")
@@ -41,6 +42,7 @@ def test_every_flag_is_wired() -> None:
     assert config.metrics_addr == "http://127.0.0.1:9001"
     assert config.upstream_tls == TLSConfig(ca_file="ca.pem", cert_file="c.pem", key_file="k.pem")
     assert config.serving_tls == ServingTLS("sc.pem", "sk.pem", "sca.pem")
+    assert config.cache_ttl == 0
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,7 @@ def test_every_flag_is_wired() -> None:
         ["start", "--key-file=k.pem"],
         ["start", "--trusted-ca-file=ca.pem"],
         ["start", "--resolver-ttl=-1"],
+        ["start", "--range-cache-ttl=-1"],
         ["start", "--endpoints=ftp://x:1"],
         ["start", "--no-such-flag"],
     ],

@@ -4,8 +4,8 @@ The flags are etcd 3.4's for `etcd grpc-proxy start`, with its defaults: `--endp
 cluster), `--listen-addr` (where clients connect), `--advertise-client-url` and
 `--resolver-prefix`/`--resolver-ttl` (self-registration), `--metrics-addr`, `--cert/--key/
 --cacert` (TLS towards the cluster) and `--cert-file/--key-file/--trusted-ca-file` (TLS towards
-the clients). Mistakes are reported as `raftkv grpc-proxy: error: ...` with exit status 2
-before anything connects.
+the clients), plus raftkv's `--range-cache-ttl`. Mistakes are reported as
+`raftkv grpc-proxy: error: ...` with exit status 2 before anything connects.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from raftkv.client.transport import TLSConfig, parse_endpoints
 from raftkv.observability.logging import configure_logging
+from raftkv.proxy.cache import DEFAULT_TTL_S
 from raftkv.proxy.config import DEFAULT_ENDPOINTS, DEFAULT_LISTEN_ADDR, ProxyConfig, ServingTLS
 
 USAGE_ERROR = 2
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--key-file", help="the proxy's own serving key")
     start.add_argument("--trusted-ca-file", help="require client certificates signed by this CA")
     start.add_argument(
+        "--range-cache-ttl",
+        type=float,
+        default=DEFAULT_TTL_S,
+        help="seconds a serializable Range answer is served from the proxy's cache; 0 turns "
+        "the cache off (raftkv's addition; default: %(default)s)",
+    )
+    start.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warn", "error"), help="log level"
     )
     return parser
@@ -90,6 +98,8 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyConfig:
         raise UsageError("--trusted-ca-file needs --cert-file and --key-file")
     if args.resolver_ttl < 0:
         raise UsageError("--resolver-ttl must not be negative")
+    if args.range_cache_ttl < 0:
+        raise UsageError("--range-cache-ttl must not be negative")
     upstream = None
     if args.cert or args.cacert:
         upstream = TLSConfig(ca_file=args.cacert, cert_file=args.cert, key_file=args.key)
@@ -111,6 +121,7 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyConfig:
         metrics_addr=args.metrics_addr,
         upstream_tls=upstream,
         serving_tls=serving,
+        cache_ttl=args.range_cache_ttl,
         log_level=args.log_level,
     )
 

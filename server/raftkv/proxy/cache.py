@@ -7,10 +7,11 @@ bound the staleness:
 
 - a write through the proxy (Put, DeleteRange, a Txn's writes) drops every cached range it
   touches, a lease revocation or a compaction drops everything (their effects on keys are not
-  visible in the request), so a client that writes through the proxy reads its own writes;
-- entries expire after `ttl` seconds, which bounds how long a write that bypassed the proxy
-  (another proxy, a direct client, a lease expiry) can go unseen. etcd's cache keeps entries
-  until evicted; the expiry is raftkv's addition.
+  visible in the request), so the cache never serves a range from before a write the proxy
+  has acknowledged (the next serializable read asks a member, which may of course lag);
+- entries expire after `ttl` seconds (`--range-cache-ttl`, 0 turns caching off), which bounds
+  how long a write that bypassed the proxy (another proxy, a direct client, a lease expiry) can
+  go unseen. etcd's cache keeps entries until evicted; the expiry is raftkv's addition.
 
 Entries are keyed by the caller's auth token and the request's exact bytes, so one user's
 answer is never served to another. The cache is a plain LRU of at most `max_entries` (etcd's
@@ -111,6 +112,8 @@ class RangeCache:
     def put(
         self, token: str, request: rpc_pb2.RangeRequest, response: rpc_pb2.RangeResponse
     ) -> None:
+        if self.ttl <= 0:
+            return  # caching is off
         key = self.key(token, request)
         self._entries[key] = _Entry(
             (request.key, request.range_end), response, self._clock() + self.ttl
