@@ -287,3 +287,30 @@ def test_auto_tls_on_both_sides(tmp_path: Path, pki: Pki) -> None:
         assert ctl.main([last, *tls_flags, "get", "/auto"]) == 0
     finally:
         cluster.stop()
+
+
+def test_a_member_joins_over_peer_tls(tmp_path: Path, pki: Pki) -> None:
+    """`member add`, then a new member with --initial-cluster-state=existing asks the others
+    for the member list over the peer port (TLS) and catches up."""
+    cluster = plan_tls_raftkv_cluster(tmp_path, pki, size=2)
+    first, second = cluster.members
+    first.args = [
+        f"--initial-cluster=m0={first.peer_url}" if arg.startswith("--initial-cluster=") else arg
+        for arg in first.args
+    ]
+    second.args = [*second.args, "--initial-cluster-state=existing"]
+    try:
+        first.start()
+        wait_serving_tls(first, pki)
+        with grpc.secure_channel(_target(first.client_url), channel_credentials(pki)) as channel:
+            request = rpc_pb2.MemberAddRequest(peerURLs=[second.peer_url])
+            rpc_pb2_grpc.ClusterStub(channel).MemberAdd(request, timeout=30)
+            # two voters now: writes wait for the new member
+            second.start()
+            wait_serving_tls(second, pki)
+            rpc_pb2_grpc.KVStub(channel).Put(
+                rpc_pb2.PutRequest(key=b"/tls/joined", value=b"yes"), timeout=30
+            )
+        _wait_value(second, pki, b"/tls/joined", b"yes")
+    finally:
+        cluster.stop()
