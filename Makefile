@@ -27,6 +27,10 @@ system-deps:
 	  echo "installing prometheus from Debian"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
+	@if ! command -v openssl >/dev/null; then \
+	  echo "installing openssl (the TLS tests make their certificates with it)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends openssl; \
+	fi
 
 # MinIO, the S3-compatible server the backup tests store into, built from its Go module (a
 # pinned commit; it has no semver tags) into the ignored .tools/bin. About 6 minutes from an
