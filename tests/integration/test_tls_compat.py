@@ -17,6 +17,7 @@ exit code must match after `tests.compat` normalisation:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ MAX_REQUEST_BYTES = 4096
 MAX_TXN_OPS = 4
 LIMITS = {"max-request-bytes": MAX_REQUEST_BYTES, "max-txn-ops": MAX_TXN_OPS}
 
+_WAIT_S = 60.0
 ROOT_PW = "--user=root:rootpw"
 ALICE_PW = "--user=alice:alicepw"
 
@@ -121,12 +123,20 @@ class TlsSystem(System):
         return run_etcdctl(self.endpoints(), [*self.tls_args(client), *args], data)
 
     def _wait_identity(self) -> ClusterIdentity:
-        result = run_etcdctl(
-            self.endpoints(), [*self.tls_args("root"), "member", "list", "-w", "json"]
-        )
-        if result.code != 0:
-            raise RuntimeError(f"{self.label}: member list failed: {result}")
-        return ClusterIdentity.from_member_list_json(result.stdout.decode())
+        # raftkv members publish their names and client URLs through Raft after they serve.
+        args = [*self.tls_args("root"), "member", "list", "-w", "json"]
+        deadline = time.monotonic() + _WAIT_S
+        while True:
+            result = run_etcdctl(self.endpoints(), args)
+            if result.code == 0:
+                identity = ClusterIdentity.from_member_list_json(result.stdout.decode())
+                if sorted(m.name for m in identity.members) == sorted(self.member_names) and all(
+                    m.client_urls for m in identity.members
+                ):
+                    return identity
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.label}: member list incomplete: {result}")
+            time.sleep(0.1)
 
 
 @dataclass
