@@ -87,6 +87,19 @@ def test_progress_going_backwards() -> None:
     assert any("goes backwards" in v for v in violations(log))
 
 
+def test_progress_of_a_resumed_stream_may_be_behind_the_previous_stream() -> None:
+    # Resumed at 4 on a member that has only applied revision 3: it says so, legitimately.
+    log = WatchLog(
+        "w",
+        False,
+        [
+            Session(1, "m0", responses(*[[e] for e in EVENTS[:2]])),
+            Session(4, "m1", [Response(0, 2, "progress"), *responses(*[[e] for e in EVENTS[2:]])]),
+        ],
+    )
+    assert not violations(log)
+
+
 def test_event_behind_a_progress_notification() -> None:
     log = full_log()
     rs = log.sessions[0].responses

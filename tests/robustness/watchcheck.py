@@ -119,8 +119,9 @@ def _check_one(
     previous: Session | None = None
     for n, session in enumerate(log.sessions):
         where = f"{log.name} session {n} (start {session.start}, {session.member})"
-        # Progress is per stream: another member may legitimately be behind this one.
+        # Progress is per stream: a resumed stream's member may be behind the previous one.
         last_progress = 0
+        session_last_event = 0
         if previous is not None:
             covered = previous.last_revision(bookmarks=strict_bookmarks)
             expected = previous.compacted or (max(covered, previous.start - 1) + 1)
@@ -132,10 +133,10 @@ def _check_one(
                     f"{where}: compacted at {r.compact_revision} although it starts later"
                 )
             if r.kind == "progress":
-                if r.revision < last_progress or r.revision < last_event:
+                if r.revision < last_progress or r.revision < session_last_event:
                     violations.append(
                         f"{where}: progress revision {r.revision} goes backwards "
-                        f"(last progress {last_progress}, last event {last_event})"
+                        f"(last progress {last_progress}, last event {session_last_event})"
                     )
                 last_progress = max(last_progress, r.revision)
             if r.kind != "events":
@@ -160,6 +161,7 @@ def _check_one(
                     )
                 seen[rev] = [e for e in r.events if e.mod_rev == rev]
             last_event = max(last_event, revisions[-1])
+            session_last_event = max(session_last_event, revisions[-1])
         previous = session
     return {rev: tuple(events) for rev, events in seen.items()}
 
