@@ -8,7 +8,8 @@ logs are complete) and every member has applied it. Checking: watch guarantees, 
 durability on every member, equal HashKV on every member, then linearizability of the KV
 history with writes of unknown outcome settled from the (verified) watch log.
 
-Everything goes into `report.txt` (and the history into `history.txt`) in the given directory.
+Everything goes into `report.txt` in the given directory, with the history in `history.txt` and
+every watch response in `watches.txt`.
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ async def run(root: Path, settings: Settings) -> Outcome:
         settings, h, history, checked, watch_report, lin, lockers, durable, compactor, logs
     )
     (report_dir / "history.txt").write_text("\n".join(map(str, history)) + "\n")
+    (report_dir / "watches.txt").write_text(_watch_dump(logs))
     text = outcome.summary + "\n\n" + ("\n\n".join(outcome.problems) or "no problems found")
     (report_dir / "report.txt").write_text(text + "\n")
     outcome.report_path = report_dir / "report.txt"
@@ -278,6 +280,19 @@ async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -
                 await h.repair_all()
             await asyncio.sleep(h.rng.uniform(0.5, 1.5))
     return problems
+
+
+def _watch_dump(logs: list[WatchLog]) -> str:
+    lines = []
+    for log in logs:
+        lines.append(f"== {log.name} prev_kv={log.prev_kv}")
+        for n, session in enumerate(log.sessions):
+            lines.append(f"  session {n}: start {session.start} on {session.member}")
+            for r in session.responses:
+                extra = f" compact_revision={r.compact_revision}" if r.compact_revision else ""
+                lines.append(f"    {r.time:.4f} {r.kind} rev={r.revision}{extra}")
+                lines += [f"      {e}" for e in r.events]
+    return "\n".join(lines) + "\n"
 
 
 def _summary(
