@@ -183,6 +183,24 @@ def test_the_python_client_over_mutual_tls(cluster: RaftKVCluster, pki: Pki) -> 
         assert client.lease_keep_alive_once(lease.id).ttl > 0
 
 
+def test_http_clients_offering_h2_too_get_http1(cluster: RaftKVCluster, pki: Pki) -> None:
+    """curl and browsers offer h2 and http/1.1: they are served HTTP/1.1, not taken for gRPC."""
+    context = https_context(pki)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    host, port = _target(cluster.members[0].client_url).rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname=host) as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: raftkv\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200")
+    assert response.endswith(b'{"health":"true"}')
+
+
 def test_a_peer_with_a_certificate_from_another_ca_is_refused(
     cluster: RaftKVCluster, pki: Pki
 ) -> None:
