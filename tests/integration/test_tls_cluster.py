@@ -256,13 +256,16 @@ def _single(tmp_path: Path, pki: Pki, **flags: str) -> RaftKVCluster:
 
 
 def test_tls_min_version_refuses_tls12(tmp_path: Path, pki: Pki) -> None:
-    cluster = _single(tmp_path, pki, tls_min_version="TLS1.3")
+    """Three members: they reach each other over TLS 1.3 (the cluster serves), while TLS 1.2
+    clients are refused on both client-port paths and on the peer port."""
+    cluster = start_tls_raftkv_cluster(tmp_path, pki, size=3, tls_min_version="TLS1.3")
     try:
-        url = cluster.members[0].client_url
-        for alpn in ("h2", "http/1.1"):
+        member = cluster.members[0]
+        for url, alpn in ((member.client_url, "h2"), (member.client_url, "http/1.1"),
+                          (member.peer_url, "h2")):  # fmt: skip
             with pytest.raises(ssl.SSLError):
                 _handshake(url, alpn, pki, maximum=ssl.TLSVersion.TLSv1_2)
-        wait_serving_tls(cluster.members[0], pki)  # TLS 1.3 clients are served
+            _handshake(url, alpn, pki)  # TLS 1.3 clients are served
     finally:
         cluster.stop()
 
