@@ -138,6 +138,11 @@ def test_a_cluster_with_peer_tls_elects_and_replicates(cluster: RaftKVCluster, p
     with grpc.secure_channel(target, channel_credentials(pki)) as channel:
         status = rpc_pb2_grpc.MaintenanceStub(channel).Status(rpc_pb2.StatusRequest(), timeout=10)
     assert status.leader != 0
+    cert, key = pki.client("root")
+    tls_flags = [f"--cacert={pki.ca}", f"--cert={cert}", f"--key={key}"]
+    endpoint = f"--endpoints={cluster.members[0].client_url}"
+    assert ctl.main([endpoint, *tls_flags, "endpoint", "health", "--cluster"]) == 0
+    assert ctl.main([endpoint, *tls_flags, "get", "/tls/replicated"]) == 0
 
 
 def test_clients_without_a_certificate_are_refused(cluster: RaftKVCluster, pki: Pki) -> None:

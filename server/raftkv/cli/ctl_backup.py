@@ -131,6 +131,7 @@ def _sync_client(ctx: Context) -> SyncClient:
         dial_timeout=ctx.dial_timeout,
         username=username or None,
         password=password or None,
+        tls=ctx.tls,
     )
 
 

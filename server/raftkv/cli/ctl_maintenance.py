@@ -86,7 +86,7 @@ def health_command(ctx: Context, args: argparse.Namespace) -> None:
     async def probe(client: AsyncClient, endpoint: str) -> float:
         started = time.monotonic()
         async with AsyncClient(
-            [endpoint], timeout=ctx.command_timeout, dial_timeout=ctx.dial_timeout
+            [endpoint], timeout=ctx.command_timeout, dial_timeout=ctx.dial_timeout, tls=ctx.tls
         ) as one:
             await one.get(b"health", timeout=ctx.command_timeout)
         return time.monotonic() - started
