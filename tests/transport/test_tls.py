@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from raftkv.api.http.hello import TLS12, TLS13, parse_client_hello, record_length
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from raftkv.api.http.hello import TLS12, TLS13, ClientHello, parse_client_hello, record_length
 from raftkv.node.tlsconfig import (
     TLSConfigError,
     check_min_version,
@@ -179,3 +181,13 @@ def test_partial_or_foreign_bytes_are_not_a_hello() -> None:
     assert parse_client_hello(record[:-1]) is None
     assert record_length(b"GET / HTTP/1.1\r\n") is None
     assert parse_client_hello(b"\x16\x03\x01\x00\x04\x01\x00\x00\x00") is None
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=2000))
+def test_any_bytes_yield_a_hello_or_none(noise: bytes, cut: int) -> None:
+    """The front peeks at whatever a client sends first: nothing may raise."""
+    for data in (noise, b"\x16\x03\x01" + len(noise).to_bytes(2, "big") + noise):
+        assert parse_client_hello(data) is None or isinstance(parse_client_hello(data), ClientHello)
+    real = _client_hello(["h2", "http/1.1"])
+    parse_client_hello(real[:cut] + noise[:8] + real[cut + 8 :])
