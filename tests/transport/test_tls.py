@@ -3,6 +3,7 @@ suite names and version rules, and reading a ClientHello without consuming it.""
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 from pathlib import Path
@@ -189,5 +190,10 @@ def test_any_bytes_yield_a_hello_or_none(noise: bytes, cut: int) -> None:
     """The front peeks at whatever a client sends first: nothing may raise."""
     for data in (noise, b"\x16\x03\x01" + len(noise).to_bytes(2, "big") + noise):
         assert parse_client_hello(data) is None or isinstance(parse_client_hello(data), ClientHello)
-    real = _client_hello(["h2", "http/1.1"])
+    real = _browser_hello()
     parse_client_hello(real[:cut] + noise[:8] + real[cut + 8 :])
+
+
+@functools.cache
+def _browser_hello() -> bytes:
+    return _client_hello(["h2", "http/1.1"])
