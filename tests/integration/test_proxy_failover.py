@@ -84,7 +84,14 @@ class Clients:
         return run
 
     def start(self) -> None:
-        for thread in self.threads:
+        """The watcher first: it watches from "now", so it must exist before the first write."""
+        writer, reader, watcher, keep_alive = self.threads
+        watcher.start()
+        wait_until(
+            lambda: any(r.created for r in self.watch_responses) or bool(self.errors),
+            "the watch",
+        )
+        for thread in (writer, reader, keep_alive):
             thread.start()
 
     def stop_writing(self) -> None:
@@ -93,6 +100,7 @@ class Clients:
 
     def close(self) -> None:
         self.stop.set()
+        self.threads[1].join(timeout=CALL_TIMEOUT_S)  # the reader ends its last call
         self._watch_requests.put(None)
         self._keep_alive_requests.put(None)
         self.channel.close()
@@ -127,6 +135,8 @@ class Clients:
             for response in stream:
                 self.watch_responses.append(response)
                 self.seen.extend((e.kv.value, e.kv.mod_revision) for e in response.events)
+                if response.canceled:
+                    raise AssertionError(f"the watch was canceled: {response}")
         except grpc.RpcError:
             if not self.stop.is_set():
                 raise  # only closing the channel at the end may end the watch
@@ -188,7 +198,14 @@ def test_killing_the_watched_member_and_the_leader_is_invisible_to_clients(
         if clients is not None:
             clients.stop_writing()
             written = len(clients.written)
-            wait_until(lambda: len(clients.seen) >= written or bool(clients.errors), "events")
+            try:
+                wait_until(lambda: len(clients.seen) >= written or bool(clients.errors), "events")
+            except TimeoutError as timeout:
+                missing = sorted(set(clients.written) - set(clients.seen))[:5]
+                raise AssertionError(
+                    f"{len(clients.seen)} of {written} writes seen; missing {missing}; "
+                    f"errors {clients.errors}\nproxy log:\n{proxy.log_tail()}"
+                ) from timeout
             clients.close()
         proxy.kill()
 

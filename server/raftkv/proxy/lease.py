@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # A renewal answers later requests for this fraction of the TTL it granted.
 REUSE_FRACTION = 0.1
+# Past this many remembered renewals, the ones too old to answer from are dropped.
+MAX_RECENT = 1024
 
 
 class KeepAliveHub:
@@ -151,11 +153,23 @@ class KeepAliveHub:
             log.info("lease keep-alive stream ended: %s", error.message)
             return answered
 
+    def _prune(self) -> None:
+        now = asyncio.get_running_loop().time()
+        stale = [
+            lease_id
+            for lease_id, (sent, answer) in self._recent.items()
+            if now - sent >= answer.TTL * REUSE_FRACTION
+        ]
+        for lease_id in stale:
+            del self._recent[lease_id]
+
     def _answer(self, response: rpc_pb2.LeaseKeepAliveResponse) -> None:
         lease_id = response.ID
         sent = self._sent_at.pop(lease_id, None)
         if sent is not None and response.TTL > 0:
             self._recent[lease_id] = (sent, response)
+            if len(self._recent) > MAX_RECENT:
+                self._prune()
         future = self._pending.pop(lease_id, None)
         if future is not None and not future.done():
             future.set_result(response)

@@ -23,7 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import CollectorRegistry, start_http_server
 
-from raftkv.client import AsyncClient
+from raftkv.client import AsyncClient, errors
 from raftkv.client.transport import Retry
 from raftkv.observability.grpc_server import GrpcServerMetrics
 from raftkv.pb.etcdserverpb import rpc_pb2
@@ -128,7 +128,11 @@ class GrpcProxy:
     ) -> rpc_pb2.MemberListResponse:
         prefix = self.config.resolver_prefix
         if prefix:
-            members = await registered_members(self.client, prefix)
+            try:
+                members = await registered_members(self.client, prefix)
+            except errors.EtcdError as error:  # e.g. auth on and the prefix not readable
+                log.warning("could not read the registered proxies: %s", error.message)
+                members = []
             if members:
                 return rpc_pb2.MemberListResponse(members=members)
         return await self.forwarder.unary(

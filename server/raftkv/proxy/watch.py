@@ -283,6 +283,9 @@ class Broadcast:
             )
         except errors.EtcdError as error:
             self.end_all(None, canceled=True, cancel_reason=cancel_reason(error))
+        except Exception:
+            log.exception("watch broadcast failed")
+            self.end_all(None, canceled=True, cancel_reason="grpcproxy: internal error")
         finally:
             if watch is not None:
                 await watch.cancel()
@@ -350,7 +353,8 @@ class WatchHub:
     # -- state, read by the metrics ---------------------------------------------------------------
 
     def broadcasts(self) -> list[Broadcast]:
-        return [b for group in self._groups.values() for b in group]
+        # Copies first: the metrics thread calls this while the event loop changes the groups.
+        return [b for group in list(self._groups.values()) for b in list(group)]
 
     def watcher_count(self) -> int:
         return sum(len(b.receivers) for b in self.broadcasts())
