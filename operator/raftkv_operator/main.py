@@ -50,6 +50,11 @@ def _client_tls() -> TLSConfig | None:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Log lines stay logs; only warnings become Kubernetes Events (steps post their own).
     settings.posting.level = logging.WARNING
+    # Serve exactly the namespaces given and the CRD installed at start: no cluster-wide watch
+    # of namespaces and CRDs, so a namespaced install needs no cluster-wide permission.
+    settings.scanning.disabled = True
+    # The liveness probe's access log would be one line every few seconds.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="operator.raftkv.io"
     )
