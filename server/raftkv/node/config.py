@@ -48,6 +48,8 @@ DEFAULT_SNAPSHOT_COUNT = 100_000
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024**3
 DEFAULT_MAX_REQUEST_BYTES = 1_572_864
 DEFAULT_MAX_TXN_OPS = 128
+# etcd's default for --max-concurrent-streams (math.MaxUint32): no practical limit.
+MAX_CONCURRENT_STREAMS = 2**32 - 1
 DEFAULT_AUTH_TOKEN = "simple"
 DEFAULT_AUTH_TOKEN_TTL = int(DEFAULT_SIMPLE_TTL)
 DEFAULT_BCRYPT_COST = DEFAULT_COST
@@ -223,6 +225,8 @@ class ServerConfig:
     quota_backend_bytes: int = 0
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    # gRPC streams one client connection may have open at once.
+    max_concurrent_streams: int = MAX_CONCURRENT_STREAMS
     auto_compaction_mode: str = "periodic"
     # etcd's text form: "0" is off; a bare number is hours (periodic) or revisions (revision).
     auto_compaction_retention: str = "0"
@@ -297,6 +301,10 @@ class ServerConfig:
         ):
             if number < 0:
                 raise ConfigError(f"{flag} must not be negative (set to {number})")
+        if not 0 <= self.max_concurrent_streams <= MAX_CONCURRENT_STREAMS:
+            raise ConfigError(
+                f"--max-concurrent-streams must be a uint32 (set to {self.max_concurrent_streams})"
+            )
         if self.max_request_bytes <= 0:
             raise ConfigError(f"--max-request-bytes must be >0 (set to {self.max_request_bytes})")
         if self.auto_compaction_mode not in COMPACTION_MODES:

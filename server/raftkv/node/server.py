@@ -74,6 +74,33 @@ JOIN_TIMEOUT = 10.0
 REMOVED_STOP_DELAY = 1.0
 
 
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+def etcd_request_size(request: serverpb.InternalRequest, member_id: int) -> int:
+    """The size etcd compares with --max-request-bytes: its InternalRaftRequest holding the
+    request (auth requests have two-byte field tags there) and a header with the request ID (16
+    bits of member ID on top, as `RequestIDs` makes it), the user name and the auth revision."""
+    kind = request.WhichOneof("request")
+    body = getattr(request, kind).ByteSize() if kind else 0
+    tag = 2 if kind is not None and kind.startswith("auth") else 1
+    header = request.header
+    request_id = ((member_id & 0xFFFF) << 48) | ((1 << 48) - 1)
+    header_size = 1 + _varint_size(request_id)
+    if header.username:
+        username = len(header.username.encode())
+        header_size += 1 + _varint_size(username) + username
+    if header.auth_revision:
+        header_size += 1 + _varint_size(header.auth_revision)
+    # etcd's header is field 100: a two-byte tag.
+    return 2 + _varint_size(header_size) + header_size + tag + _varint_size(body) + body
+
+
 class MemberServer:
     """What the API layer talks to: proposals, reads, and the identity for response headers."""
 
@@ -552,9 +579,9 @@ class MemberServer:
     async def propose(self, request: serverpb.InternalRequest) -> Any:
         """Replicate and apply `request` on behalf of the caller bound to the running task
         (`raftkv.auth.identity`), who is named in its header and authorized when it applies."""
-        if request.ByteSize() > self.config.max_request_bytes:
-            raise RequestTooLargeError()
         await self.auth.stamp(request.header)
+        if etcd_request_size(request, self.member_id) > self.config.max_request_bytes:
+            raise RequestTooLargeError()
         await self.quota.enforce(request)
         try:
             response = await self.node.propose(request)

@@ -9,6 +9,7 @@ membership changes, leadership transfer, ReadIndex).
 from raftkv.raft.config import Config
 from raftkv.raft.errors import (
     CompactedError,
+    MalformedMessageError,
     ProposalDroppedError,
     RaftError,
     SnapshotOutOfDateError,
@@ -30,6 +31,7 @@ from raftkv.raft.storage import MemoryStorage, Storage
 __all__ = [
     "CompactedError",
     "Config",
+    "MalformedMessageError",
     "MemoryStorage",
     "ProgressStatus",
     "ProposalDroppedError",

@@ -37,3 +37,9 @@ class SnapshotOutOfDateError(RaftError):
 class StepLocalMessageError(RaftError):
     """A message type that only the node itself may generate (MsgHup, MsgBeat, ...) arrived
     through ``RawNode.step``."""
+
+
+class MalformedMessageError(RaftError):
+    """A message through ``RawNode.step`` that no correct peer sends: it claims to come from
+    this node, or a term or index is beyond any Raft log's reach. Refused before it touches
+    the node."""

@@ -29,7 +29,12 @@ from raftkv.pb.raftpb.raft_pb2 import (
 )
 from raftkv.raft.config import Config
 from raftkv.raft.core import LEADER, LOCAL_MESSAGES, Raft
-from raftkv.raft.errors import ProposalDroppedError, RaftError, StepLocalMessageError
+from raftkv.raft.errors import (
+    MalformedMessageError,
+    ProposalDroppedError,
+    RaftError,
+    StepLocalMessageError,
+)
 from raftkv.raft.state import ReadState, SoftState, StateType
 
 __all__ = [
@@ -41,6 +46,23 @@ __all__ = [
     "StateType",
     "Status",
 ]
+
+
+# Terms and indexes grow by one per election or entry: no real log comes near this, and a value
+# past it would overflow the uint64 fields when the node counts on from it.
+MAX_TERM_OR_INDEX = 1 << 62
+
+
+def _check_well_formed(m: Message, node_id: int) -> None:
+    """Raise MalformedMessageError for a message no correct peer sends (see the error)."""
+    if getattr(m, "from") == node_id and node_id != 0:
+        raise MalformedMessageError(f"message type {m.type} claims to come from this node")
+    numbers = [m.term, m.log_term, m.index, m.commit, m.reject_hint, m.hint_term]
+    numbers += [m.snapshot.metadata.index, m.snapshot.metadata.term]
+    for entry in m.entries:
+        numbers += [entry.index, entry.term]
+    if max(numbers) >= MAX_TERM_OR_INDEX:
+        raise MalformedMessageError(f"message type {m.type} carries a term or index >= 2**62")
 
 
 @dataclass
@@ -149,15 +171,17 @@ class RawNode:
         """Handle a message from a peer. The node keeps ``m``: don't reuse or mutate it.
 
         A proposal forwarded by a peer that this node cannot accept is dropped silently (its
-        proposer times out, as with a lost message).
+        proposer times out, as with a lost message). A local message type raises
+        StepLocalMessageError and a malformed message MalformedMessageError, both before the
+        node changes.
         """
         if m.type in LOCAL_MESSAGES:
             raise StepLocalMessageError(f"message type {m.type} may not come from the network")
+        _check_well_formed(m, self._raft.id)
         try:
             self._raft.step(m)
         except ProposalDroppedError:
-            if getattr(m, "from") == self._raft.id:
-                raise
+            return  # its proposer times out, as with a lost message
 
     def transfer_leader(self, transferee: int) -> None:
         """Ask the leader (this node or, forwarded, the current one) to hand over to
