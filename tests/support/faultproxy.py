@@ -159,7 +159,8 @@ class FaultProxy:
 
     @property
     def names(self) -> list[str]:
-        return list(self._targets)
+        """Every member the proxy knows: those it listens for and those that dial."""
+        return sorted(set(self._targets) | set(self._pids()))
 
     def set_link(
         self,
@@ -274,6 +275,8 @@ class FaultProxy:
             while True:
                 due, data = await queue.get()
                 while (faults := self._faults.get(link)) is not None and faults.cut:
+                    if writer.transport.is_closing():
+                        return
                     await asyncio.sleep(_STALL_POLL_S)
                 if not data:
                     with contextlib.suppress(OSError):
