@@ -27,14 +27,17 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 from raftkv.client import TLSConfig
 
+from raftkv_operator import backups, recovery
 from raftkv_operator.kube import KubeClient, load_config
 from raftkv_operator.metrics import OperatorMetrics
-from raftkv_operator.model import GROUP, PLURAL, VERSION, InvalidSpec
+from raftkv_operator.model import CLIENT_PORT, GROUP, PLURAL, VERSION, InvalidSpec, Names
 from raftkv_operator.reconciler import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 
 DRIFT_INTERVAL_S = 15.0
+BACKUP_INTERVAL_S = 30.0
+RECOVERY_INTERVAL_S = 15.0
 _locks: dict[str, asyncio.Lock] = {}
 
 
@@ -84,6 +87,21 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         metrics=metrics,
     )
     memo.metrics = metrics
+    memo.backup_metrics = backups.BackupMetrics(registry)
+    memo.backup_runner = backups.BackupRunner()
+    memo.recovery = recovery.Recovery(
+        kube=memo.reconciler.kube,
+        client_tls=memo.reconciler.client_tls,
+        default_image=memo.reconciler.default_image,
+        cluster_domain=memo.reconciler.cluster_domain,
+    )
+
+
+def _post(body: kopf.Body) -> backups.EventSink:
+    def post(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+    return post
 
 
 async def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
@@ -110,6 +128,11 @@ async def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
                 raise
     for key, value in outcome.status.items():
         patch.status[key] = value
+    # Conditions other handlers own (BackupSucceeded) stay as they are.
+    own = {c["type"] for c in outcome.status.get("conditions", ())}
+    kept = [c for c in (body.status or {}).get("conditions") or () if c.get("type") not in own]
+    if kept:
+        patch.status["conditions"] = [*outcome.status.get("conditions", ()), *kept]
     if outcome.converged:
         metrics.reconciles.labels("converged").inc()
     elif outcome.retry_after <= 2.0:
@@ -149,4 +172,62 @@ async def watch_drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
 def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Owned objects go with the resource (ownerReferences); drop its gauges and lock."""
     memo.metrics.cluster_deleted(body.metadata.namespace or "", body.metadata.name or "")
+    memo.backup_metrics.cluster_deleted(body.metadata.namespace or "", body.metadata.name or "")
     _locks.pop(body.metadata.uid or "", None)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=BACKUP_INTERVAL_S,
+    initial_delay=BACKUP_INTERVAL_S,
+    when=lambda spec, **_: bool(spec.get("backup")),
+)
+async def backup(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A backup when `spec.backup.schedule` says so or `raftkv.io/backup-now` asks for one."""
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    names = Names(name, namespace, memo.reconciler.cluster_domain)
+    tls = _client_tls() if (body.spec.get("tls") or {}).get("client") else None
+
+    async def pods() -> list[dict[str, Any]]:
+        return await memo.reconciler.kube.list("Pod", namespace, names.selector_string())
+
+    def count(result: backups.BackupResult) -> None:
+        memo.metrics.backup_finished(ok=result.ok)
+        if result.ok:
+            memo.backup_metrics.succeeded(namespace, name, result.finished)
+
+    try:
+        fields = await backups.tick(
+            body,
+            runner=memo.backup_runner,
+            secrets=backups.read_secret,
+            pods=pods,
+            port=CLIENT_PORT,
+            events=_post(body),
+            tls=backups.ClientTLS(str(tls.ca_file), str(tls.cert_file), str(tls.key_file))
+            if tls is not None and tls.ca_file and tls.cert_file and tls.key_file
+            else None,
+            on_result=count,
+        )
+    except InvalidSpec as error:
+        log.warning("backup of %s/%s: %s", namespace, name, error)
+        return
+    for key, value in (fields or {}).items():
+        patch.status[key] = value
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECOVERY_INTERVAL_S, initial_delay=DRIFT_INTERVAL_S)
+async def recover(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Disaster recovery when quorum is lost for good (see `recovery`), between reconcile
+    passes of the same cluster, never during one."""
+    lock = _locks.setdefault(body.metadata.uid or "", asyncio.Lock())
+    async with lock:
+        try:
+            fields = await memo.recovery.check(body, _post(body))
+        except InvalidSpec as error:
+            log.warning("recovery check of %s: %s", body.metadata.name, error)
+            return
+    for key, value in (fields or {}).items():
+        patch.status[key] = value

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from raftkv.client import TLSConfig
 from raftkv.client.types import Member
 
-from raftkv_operator import planner, resources, status
+from raftkv_operator import planner, resources, restore, status
 from raftkv_operator.kube import Kube
 from raftkv_operator.members import ClusterState, LearnerNotReady, Members, NoMemberAnswers
 from raftkv_operator.metrics import OperatorMetrics
@@ -83,6 +83,7 @@ class Reconciler:
         spec = ClusterSpec.from_dict(body.get("spec") or {}, default_image=self.default_image)
         owner = resources.owner_reference(body)
         token = f"{names.namespace}-{names.cluster}-{meta['uid'][:8]}"
+        init = restore.pod_init(body)
         # The founding size is fixed once chosen: a size change before the cluster formed
         # must not change the --initial-cluster of pods that already exist.
         previous.setdefault("initialSize", spec.size)
@@ -114,13 +115,13 @@ class Reconciler:
             # Pods always follow the membership (idempotent; OnDelete restarts nothing), before
             # planning, so a step cut off between a member change and the resize is completed.
             wanted = planner.desired_resources(observed)
-            await self._apply_statefulset(names, spec, owner, token, sts, wanted)
+            await self._apply_statefulset(names, spec, owner, token, sts, wanted, init)
             observed = dataclasses.replace(observed, replicas=wanted.replicas)
         decided = planner.plan(observed)
         step = decided.step
         for chore in decided.housekeeping:
-            await self._take(chore, names, spec, owner, token, sts, api, events)
-        acted = await self._take(step, names, spec, owner, token, sts, api, events)
+            await self._take(chore, names, spec, owner, token, sts, api, events, init)
+        acted = await self._take(step, names, spec, owner, token, sts, api, events, init)
 
         new_status = status.build(
             names=names,
@@ -243,7 +244,9 @@ class Reconciler:
         token: str,
         live: Mapping[str, Any] | None,
         wanted: planner.ApplyResources,
+        init: restore.InitStep | None = None,
     ) -> None:
+        initial = resources.initial_cluster(names, wanted.members, tls=spec.tls.peer)
         manifest = resources.statefulset(
             spec,
             names,
@@ -252,6 +255,13 @@ class Reconciler:
             members=wanted.members,
             state=wanted.state,
             token=token,
+            init_containers=[
+                restore.init_container(
+                    spec, names, init, initial_cluster=initial, state=wanted.state, token=token
+                )
+            ]
+            if init is not None
+            else (),
         )
         if live is not None:
             # Claim templates cannot change once created; keep the live ones.
@@ -268,12 +278,13 @@ class Reconciler:
         sts: Mapping[str, Any] | None,
         api: MemberApi,
         events: EventSink,
+        init: restore.InitStep | None = None,
     ) -> bool:
         """Take `step`; True when something changed."""
         ns = names.namespace
         match step:
             case planner.ApplyResources():
-                await self._apply_statefulset(names, spec, owner, token, sts, step)
+                await self._apply_statefulset(names, spec, owner, token, sts, step, init)
             case planner.AddLearner(ordinal=ordinal):
                 member = await api.add_learner(names.peer_url(ordinal, tls=spec.tls.peer))
                 log.info("added learner %x for %s", member.id, names.pod(ordinal))

@@ -184,8 +184,10 @@ def statefulset(
     members: Sequence[int],
     state: str,
     token: str,
+    init_containers: Sequence[Mapping[str, Any]] = (),
 ) -> Manifest:
-    """The members' StatefulSet: `replicas` pods, `--initial-cluster` from `members`."""
+    """The members' StatefulSet: `replicas` pods, `--initial-cluster` from `members`;
+    `init_containers` run before the member (the restore and recovery steps)."""
     scheme = "HTTPS" if spec.tls.client else "HTTP"
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"medium": "Memory"}}]
     mounts: list[dict[str, Any]] = [
@@ -242,6 +244,8 @@ def statefulset(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if init_containers:
+        pod_spec["initContainers"] = [dict(c) for c in init_containers]
     if spec.affinity:
         pod_spec["affinity"] = dict(spec.affinity)
     if spec.tolerations:
