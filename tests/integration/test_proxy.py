@@ -187,7 +187,10 @@ def test_a_watcher_from_an_old_revision_catches_up_then_joins_the_shared_watch(
         ):
             seen: list[bytes] = []
             while len(seen) < 3:
-                seen += [e.kv.value for e in old.next(timeout=WAIT_S)]
+                try:
+                    seen += [e.kv.value for e in old.next(timeout=WAIT_S)]
+                except TimeoutError:
+                    raise AssertionError(f"saw {seen}; proxy:\n{proxy.log_tail()}") from None
             assert seen == [b"1", b"2", b"3"]
             # Caught up, but the shared watch is further on: they cannot meet yet.
             assert proxy.metrics()["raftkv_grpc_proxy_upstream_watches"] == 2

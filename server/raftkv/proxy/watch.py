@@ -270,6 +270,13 @@ class Broadcast:
         try:
             watch = await self._open()
             assert watch.header is not None
+            log.info(
+                "upstream watch on %s created: key %r, from revision %d, %d watchers",
+                watch.endpoint,
+                self.key[0],
+                watch.next_revision,
+                len(self.receivers),
+            )
             self.created(watch.header, watch.next_revision)
             while not self.stopped:
                 batch = await anext(watch)
@@ -319,6 +326,7 @@ class Broadcast:
 
     def end_all(self, header: rpc_pb2.ResponseHeader | None, **fields: Any) -> None:
         """The cluster ended the upstream watch for good: end every watcher the same way."""
+        log.info("upstream watch of key %r ended: %s", self.key[0], fields)
         for watcher in list(self.receivers):
             if header is not None:
                 response_header = header
@@ -399,6 +407,12 @@ class WatchHub:
             if other is broadcast or not other.established or other.next_rev != broadcast.next_rev:
                 continue
             source, target = sorted((broadcast, other), key=lambda b: (len(b.receivers), -b.seq))
+            log.info(
+                "merged %d watchers of key %r into another upstream watch at revision %d",
+                len(source.receivers),
+                broadcast.key[0],
+                broadcast.next_rev,
+            )
             for watcher in source.receivers:
                 watcher.broadcast = target
             target.receivers |= source.receivers
