@@ -56,11 +56,20 @@ import (
 )
 GO
   (cd "$SRC" && go mod tidy)
+  # The version the binaries report (Helm checks charts' kubeVersion against it); without it
+  # they say v0.0.0-master.
+  minor=${KUBE_VERSION#v1.}
+  minor=${minor%%.*}
+  kube_ldflags="$LDFLAGS"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    kube_ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
   for cmd in kube-apiserver kube-controller-manager; do
     have "$cmd" "$KUBE_VERSION" && continue
     echo "building $cmd $KUBE_VERSION"
     t=$(date +%s)
-    (cd "$SRC" && go build -ldflags="$LDFLAGS" -o "$BIN/$cmd" \
+    (cd "$SRC" && go build -ldflags="$kube_ldflags" -o "$BIN/$cmd" \
       "k8s.io/kubernetes/cmd/$cmd")
     echo "$KUBE_VERSION" >"$BIN/$cmd.version"
     echo "$cmd built in $(($(date +%s) - t)) s"

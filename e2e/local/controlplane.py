@@ -169,6 +169,7 @@ def make_pki(pki: Path) -> None:
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, namespace: str) -> None:
     """A kubeconfig with one bearer-token user (an admin token or a ServiceAccount token)."""
+    path.touch(mode=0o600)
     path.write_text(
         f"""apiVersion: v1
 kind: Config

@@ -671,7 +671,6 @@ class PodRuntime(threading.Thread):
             "podIP": self.ip,
             "podIPs": [{"ip": self.ip}],
             "startTime": self.start_time,
-            "qosClass": "BestEffort",
             "conditions": [
                 self._condition("PodScheduled", True),
                 self._condition("Initialized", self.init_done),
@@ -690,9 +689,13 @@ class PodRuntime(threading.Thread):
             )
             self.last_status = comparable  # type: ignore[assignment]
         except ApiException as error:
-            if not best_effort and error.status not in (404, 409, 422):
+            if not best_effort and error.status not in (404, 409):
                 log.warning(
-                    "pod %s/%s: status update failed: %s", self.ns, self.pod_name, error.reason
+                    "pod %s/%s: status update failed: %s %s",
+                    self.ns,
+                    self.pod_name,
+                    error.reason,
+                    error.body,
                 )
 
 
