@@ -9,7 +9,8 @@ The layout (see docs/architecture.md, "v2 keys API"):
 - the v3 value is a small header and the v2 value: `f` or `d` (file or directory), the v2
   `createdIndex` when it differs from the v3 `mod_revision` (v2 `set` replaces a node, so
   its created index moves on where v3 keeps `create_revision`; an update keeps it), and the
-  expiration in Unix nanoseconds when the node has a TTL: `f<created>|<expiry>|<value>`;
+  expiration and the write's time in Unix nanoseconds when the node has a TTL (an event shows
+  the TTL as it was when it happened): `f<created>|<expiry>|<written>|<value>`;
 - `modifiedIndex` is the key's v3 `mod_revision`, and the v2 index (`X-Etcd-Index`) is the
   store's v3 revision;
 - every v2 write also puts `ACTION_KEY` (first in its txn) saying which v2 action it was and
@@ -101,8 +102,11 @@ def under(path: str, top: str) -> bool:
     return top == ROOT or path.startswith(top + "/")
 
 
-def encode_value(*, is_dir: bool, value: str, created: int | None, expiry_ns: int | None) -> bytes:
-    head = f"{'d' if is_dir else 'f'}{created or ''}|{expiry_ns or ''}|"
+def encode_value(
+    *, is_dir: bool, value: str, created: int | None, expiry_ns: int | None, written_ns: int
+) -> bytes:
+    written = written_ns if expiry_ns else ""
+    head = f"{'d' if is_dir else 'f'}{created or ''}|{expiry_ns or ''}|{written}|"
     return head.encode() + (b"" if is_dir else value.encode())
 
 
@@ -117,6 +121,7 @@ class Node:
     modified: int
     expiry_ns: int | None
     lease: int
+    written_ns: int | None = None  # when a node with a TTL was written
     children: list[Node] = field(default_factory=list)
 
     @classmethod
@@ -126,7 +131,7 @@ class Node:
         if path is None or kv.value[:1] not in (b"f", b"d"):
             return None
         try:
-            created, expiry, value = kv.value[1:].split(b"|", 2)
+            created, expiry, written, value = kv.value[1:].split(b"|", 3)
             return cls(
                 path=path,
                 is_dir=kv.value[:1] == b"d",
@@ -135,6 +140,7 @@ class Node:
                 modified=kv.mod_revision,
                 expiry_ns=int(expiry) if expiry else None,
                 lease=kv.lease,
+                written_ns=int(written) if written else None,
             )
         except ValueError:
             return None
@@ -270,12 +276,15 @@ class EventMatcher:
             node |= {"modifiedIndex": kv.mod_revision, "createdIndex": prev.created}
             if not self._matches(path, prev.is_dir):
                 return None
-            return event_json(action, node, prev.to_json(now_ns))
+            when = prev.expiry_ns if action == "expire" and prev.expiry_ns else now_ns
+            return event_json(action, node, prev.to_json(when))
         current = Node.from_kv(kv)
         if current is None or not self._matches(path, False):
             return None
+        # TTLs as they were at the write, as v2's event history recorded them.
+        when = current.written_ns or now_ns
         return event_json(
-            action, current.to_json(now_ns), prev.to_json(now_ns) if prev is not None else None
+            action, current.to_json(when), prev.to_json(when) if prev is not None else None
         )
 
     def _matches(self, path: str, deleted_dir: bool) -> bool:

@@ -332,12 +332,18 @@ class V2Store:
             if not inherited or inherited_expiry is None or expiry <= inherited_expiry:
                 lease = own_lease
         ops = [_action(mapping.REFRESH if plan.refresh else plan.action, plan.path)]
-        dir_value = mapping.encode_value(is_dir=True, value="", created=None, expiry_ns=None)
+        dir_value = mapping.encode_value(
+            is_dir=True, value="", created=None, expiry_ns=None, written_ns=now
+        )
         for ancestor in mapping.ancestors(plan.path):
             if snap.node(ancestor) is None:
                 ops.append(_put(mapping.node_key(ancestor), dir_value, inherited))
         encoded = mapping.encode_value(
-            is_dir=plan.is_dir, value=plan.value, created=plan.created, expiry_ns=expiry
+            is_dir=plan.is_dir,
+            value=plan.value,
+            created=plan.created,
+            expiry_ns=expiry,
+            written_ns=now,
         )
         ops.append(_put(mapping.node_key(plan.path), encoded, lease))
         guarded = [*mapping.ancestors(plan.path), plan.path]
