@@ -46,6 +46,10 @@ async def _put(ep: Endpoint, key: bytes, value: str) -> Call:
     )
 
 
+def _returned(call: Call, value: str) -> bool:
+    return call.result is not None and call.result.value == value
+
+
 async def _scenario(tmp_path: Path) -> tuple[list[Call], Call]:
     with Harness.running(tmp_path, size=3, seed=7) as h:
         leader, follower = await h.leader(), await h.follower()
@@ -57,7 +61,7 @@ async def _scenario(tmp_path: Path) -> tuple[list[Call], Call]:
             key = b"stale"
             history = [await _put(to_leader, key, "v1")]
             deadline = time.monotonic() + 30
-            while (await _get(to_follower, key, serializable=True)).result.value != "v1":  # type: ignore[union-attr]
+            while not _returned(await _get(to_follower, key, serializable=True), "v1"):
                 assert time.monotonic() < deadline, "the follower never applied v1"
                 await asyncio.sleep(0.1)
             h.proxy.isolate(follower.name)
@@ -75,7 +79,7 @@ async def _scenario(tmp_path: Path) -> tuple[list[Call], Call]:
 
 def test_injected_stale_read_is_flagged(tmp_path: Path) -> None:
     history, stale = asyncio.run(_scenario(tmp_path))
-    assert stale.result is not None and stale.result.value == "v1", stale
+    assert _returned(stale, "v1"), stale
     honest = check_history(history)
     assert honest.ok, honest.explain()
     report = check_history([*history, stale])

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import grpc
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from raftkv.pb.mvccpb import kv_pb2
 from raftkv.pb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 
 from tests.robustness.history import Call, Kind, Op, Result, unknown
@@ -57,15 +58,14 @@ class Endpoint:
         await self.channel.close()
 
 
-def _value(kv: object) -> str:
-    return kv.value.decode(errors="replace")  # type: ignore[attr-defined]
+def _value(kv: kv_pb2.KeyValue) -> str:
+    return kv.value.decode(errors="replace")
 
 
-def _read(revision: int, kvs: Sequence[object], succeeded: bool = True) -> Result:
+def _read(revision: int, kvs: Sequence[kv_pb2.KeyValue], succeeded: bool = True) -> Result:
     if not kvs:
         return Result(revision, succeeded=succeeded)
-    kv = kvs[0]
-    return Result(revision, _value(kv), kv.mod_revision, succeeded=succeeded)  # type: ignore[attr-defined]
+    return Result(revision, _value(kvs[0]), kvs[0].mod_revision, succeeded=succeeded)
 
 
 @dataclass
@@ -101,14 +101,14 @@ class KVClient:
         if op.kind is Kind.GET:
             resp = await kv.Range(rpc_pb2.RangeRequest(key=key), timeout=_OP_TIMEOUT_S)
             return _read(resp.header.revision, resp.kvs)
-        assert op.kind is Kind.DELETE or op.value is not None
-        if op.kind is Kind.PUT:
-            put = rpc_pb2.PutRequest(key=key, value=op.value.encode())  # type: ignore[union-attr]
-            resp = await kv.Put(put, timeout=_OP_TIMEOUT_S)
-            return Result(resp.header.revision)
         if op.kind is Kind.DELETE:
             resp = await kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=key), timeout=_OP_TIMEOUT_S)
             return Result(resp.header.revision, deleted=resp.deleted)
+        value = (op.value or "").encode()
+        if op.kind is Kind.PUT:
+            put = rpc_pb2.PutRequest(key=key, value=value)
+            resp = await kv.Put(put, timeout=_OP_TIMEOUT_S)
+            return Result(resp.header.revision)
         if op.kind is Kind.CAS_VALUE:
             compare = rpc_pb2.Compare(
                 key=key,
@@ -125,11 +125,7 @@ class KVClient:
             )
         txn = rpc_pb2.TxnRequest(
             compare=[compare],
-            success=[
-                rpc_pb2.RequestOp(
-                    request_put=rpc_pb2.PutRequest(key=key, value=op.value.encode())  # type: ignore[union-attr]
-                )
-            ],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
             failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
         )
         resp = await kv.Txn(txn, timeout=_OP_TIMEOUT_S)
@@ -163,12 +159,12 @@ class KVClient:
             self._learn(op, result)
 
 
-def _event(e: object) -> Event:
-    kv = e.kv  # type: ignore[attr-defined]
+def _event(e: kv_pb2.Event) -> Event:
+    kv = e.kv
     prev = None
-    if e.HasField("prev_kv"):  # type: ignore[attr-defined]
-        prev = (_value(e.prev_kv), e.prev_kv.mod_revision)  # type: ignore[attr-defined]
-    if e.type == 0:  # type: ignore[attr-defined]
+    if e.HasField("prev_kv"):
+        prev = (_value(e.prev_kv), e.prev_kv.mod_revision)
+    if e.type == kv_pb2.Event.PUT:
         return Event("PUT", kv.key.decode(errors="replace"), _value(kv), kv.mod_revision, prev)
     return Event("DELETE", kv.key.decode(errors="replace"), None, kv.mod_revision, prev)
 
