@@ -218,3 +218,27 @@ def test_watchers_share_only_with_watchers_of_the_same_auth_token(hub: WatchHub)
     for token in ("token-a", "token-a", "token-b", ""):
         ClientStream(hub, token).handle(create(b"k"))
     assert sorted(b.key[4] for b in hub.broadcasts()) == ["", "token-a", "token-b"]
+
+
+def test_a_watcher_from_now_never_joins_a_watch_replaying_history(hub: WatchHub) -> None:
+    old = ClientStream(hub)
+    old.handle(create(b"k", start=2))
+    replaying = only(hub)
+    replaying.created(header(50), 2)
+    replaying.fan_out(header(50), [put(b"k", 3)], 4)
+    now = ClientStream(hub)
+    now.handle(create(b"k"))
+    assert hub.upstream_count() == 2
+    live = next(b for b in hub.broadcasts() if b is not replaying)
+    live.created(header(50), 51)
+    assert [(r.created, r.header.revision) for r in drain(now)] == [(True, 50)]
+    # Once they meet, the merged watch is live: the next "now" watcher joins it.
+    replaying.fan_out(header(51), [put(b"k", 51)], 52)
+    live.fan_out(header(51), [put(b"k", 51)], 52)
+    assert hub.upstream_count() == 1
+    later = ClientStream(hub)
+    later.handle(create(b"k"))
+    assert hub.upstream_count() == 1
+    assert [(r.created, r.header.revision) for r in drain(later)] == [(True, 51)]
+    assert revisions(drain(now), 0) == [51]
+    assert revisions(drain(old), 0) == [3, 51]

@@ -11,9 +11,10 @@ Three layers, as in etcd's grpc-proxy:
   range_end, filters and prev_kv (the upstream watch is created with exactly those), and the
   client's auth token, which the upstream watch carries (the cluster checks every user itself).
 
-Joining. A watcher starting "now" (start revision 0) joins an established broadcast of its
-group at that broadcast's `next_rev`: everything before it was already sent, so "now" is
-there. A watcher starting at revision R joins a broadcast whose `next_rev` is at most R, and
+Joining. A watcher starting "now" (start revision 0) joins a *live* broadcast of its group
+(one that started "now", or merged with one that did) at that broadcast's `next_rev`:
+everything before it was already sent, so "now" is there; a broadcast replaying history is
+never "now". A watcher starting at revision R joins a broadcast whose `next_rev` is at most R, and
 drops the events before R it is sent. A watcher whose revision is older than every broadcast's
 position cannot join one without missing events; it gets a broadcast of its own that replays
 history from R (catching up) — and merges into the shared one as soon as it has caught up:
@@ -212,16 +213,20 @@ class Broadcast:
         self.stopped = False
         self.task: asyncio.Task[None] | None = None
         self.seq = next(hub.sequence)
+        # Started "now", or merged with one that was: it is not replaying history.
+        self.live = start_rev == 0
 
     @property
     def established(self) -> bool:
         return self.next_rev > 0
 
     def can_join(self, start_rev: int) -> bool:
-        if self.established:
-            return start_rev == 0 or self.next_rev <= start_rev
         if start_rev == 0:
-            return self.start_rev == 0
+            # "Now" is only where a live broadcast is: one that is replaying history would
+            # send a watcher from "now" events older than its creation.
+            return self.live
+        if self.established:
+            return self.next_rev <= start_rev
         return 0 < self.start_rev <= start_rev
 
     def join(self, watcher: ClientWatcher) -> None:
@@ -416,6 +421,7 @@ class WatchHub:
             for watcher in source.receivers:
                 watcher.broadcast = target
             target.receivers |= source.receivers
+            target.live = target.live or source.live  # same position: both are live now
             source.receivers.clear()
             self._stop(source)
             return
