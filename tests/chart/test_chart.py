@@ -83,15 +83,20 @@ def test_an_invalid_field_fails_validation() -> None:
         k8s_schema.validate(deployment)
 
 
-def test_rbac_is_namespaced_and_never_reads_secrets() -> None:
+def test_rbac_is_namespaced_and_reads_secrets_only_by_name() -> None:
     docs = render()
     roles = of_kind(docs, "Role")
     assert [r["metadata"]["namespace"] for r in roles] == ["raftkv-system"]
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
-    for role in (*roles, *of_kind(docs, "ClusterRole")):
+    for role in roles:
         for rule in role["rules"]:
-            assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
-            assert "*" not in rule["verbs"]
+            assert "*" not in rule["resources"] and "*" not in rule["verbs"]
+            if "secrets" in rule["resources"]:  # backup credentials: read one by name
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"]
+    no_secrets = render("--set", "rbac.backupSecrets=false")
+    assert not any(
+        "secrets" in r["resources"] for x in of_kind(no_secrets, "Role") for r in x["rules"]
+    )
     args = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--namespace=raftkv-system" in args and "--all-namespaces" not in args
 
@@ -117,7 +122,7 @@ def test_cluster_wide_watch_uses_a_cluster_role_and_cluster_peering() -> None:
     (role,) = of_kind(docs, "ClusterRole")
     resources = {res for rule in role["rules"] for res in rule["resources"]}
     assert {"raftkvclusters", "statefulsets", "clusterkopfpeerings"} <= resources
-    assert "secrets" not in resources
+    assert "secrets" not in resources  # never cluster-wide
     command = of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--all-namespaces" in command
 
