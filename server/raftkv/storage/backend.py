@@ -72,6 +72,10 @@ class Backend:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # `size()` runs before every write proposal (the quota): plain strings and a value cached
+        # until the next commit, since only a commit (or checkpoint) changes the files.
+        self._files = (str(self.path), str(self.path) + "-wal")
+        self._size: int | None = None
         # isolation_level=None: sqlite3 never opens transactions behind our back; we BEGIN lazily.
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -194,23 +198,27 @@ class Backend:
             hook()
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
+        self._size = None
 
     def force_commit_durable(self) -> None:
         """Commit, then checkpoint the sqlite WAL into the main file with fsync."""
         self.commit()
         busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._size = None
         if busy:
             raise OSError(f"sqlite checkpoint of {self.path} was blocked")
 
     # -- maintenance ---------------------------------------------------------------------------
 
     def size(self) -> int:
-        """Bytes on disk: the database file plus its sqlite WAL."""
-        total = 0
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
-            with contextlib.suppress(FileNotFoundError):
-                total += p.stat().st_size
-        return total
+        """Bytes on disk: the database file plus its sqlite WAL (as of the last commit)."""
+        if self._size is None:
+            total = 0
+            for name in self._files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(name).st_size
+            self._size = total
+        return self._size
 
     def size_in_use(self) -> int:
         """Bytes of pages holding data (all pages minus the free list)."""
@@ -224,6 +232,7 @@ class Backend:
         self.commit()
         self._conn.execute("VACUUM")
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._size = None
 
     def snapshot_to(self, path: Path) -> None:
         """Commit, then write a consistent single-file copy of the database to `path`, fsynced."""
