@@ -483,7 +483,7 @@ class BackupMetrics:
 
 SecretReader = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 EventSink = Callable[[str, str, str], None]  # (type, reason, message)
-PodLister = Callable[[], Awaitable[Sequence[Mapping[str, Any]]]]
+EndpointLister = Callable[[], Awaitable[Sequence[str]]]
 
 
 async def read_secret(namespace: str, name: str) -> dict[str, Any] | None:
@@ -516,8 +516,7 @@ async def tick(
     *,
     runner: BackupRunner,
     secrets: SecretReader,
-    pods: PodLister,
-    port: int,
+    endpoints: EndpointLister,
     events: EventSink,
     tls: ClientTLS | None = None,
     on_result: Callable[[BackupResult], None] = lambda _: None,
@@ -545,7 +544,7 @@ async def tick(
         result = await runner.backup(
             spec.s3,
             credentials,
-            member_endpoints(await pods(), port),
+            await endpoints(),
             tls=tls,
             keep_last=spec.keep_last,
             max_age=spec.max_age,

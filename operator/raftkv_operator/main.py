@@ -190,8 +190,9 @@ async def backup(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
     names = Names(name, namespace, memo.reconciler.cluster_domain)
     tls = _client_tls() if (body.spec.get("tls") or {}).get("client") else None
 
-    async def pods() -> list[dict[str, Any]]:
-        return await memo.reconciler.kube.list("Pod", namespace, names.selector_string())
+    async def endpoints() -> list[str]:
+        pods = await memo.reconciler.kube.list("Pod", namespace, names.selector_string())
+        return backups.member_endpoints(pods, CLIENT_PORT)
 
     def count(result: backups.BackupResult) -> None:
         memo.metrics.backup_finished(ok=result.ok)
@@ -203,8 +204,7 @@ async def backup(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) 
             body,
             runner=memo.backup_runner,
             secrets=backups.read_secret,
-            pods=pods,
-            port=CLIENT_PORT,
+            endpoints=endpoints,
             events=_post(body),
             tls=backups.ClientTLS(str(tls.ca_file), str(tls.cert_file), str(tls.key_file))
             if tls is not None and tls.ca_file and tls.cert_file and tls.key_file

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
 from raftkv_operator.backups import (
     BACKUP_NOW_ANNOTATION,
     BackupFailed,
@@ -20,6 +19,7 @@ from raftkv_operator.backups import (
     CronSchedule,
     backup_due,
     credentials_env,
+    member_endpoints,
     requested_backup,
     status_after,
     tick,
@@ -172,12 +172,15 @@ def test_tick_runs_save_then_prune_with_the_secret_credentials() -> None:
             }
         }
 
-    async def pods() -> list[dict[str, Any]]:
-        return [
-            {"metadata": {"name": "c-1"}, "status": {"podIP": "10.0.0.2"}},
-            {"metadata": {"name": "c-0"}, "status": {"podIP": "10.0.0.1"}},
-            {"metadata": {"name": "c-2"}, "status": {}},  # no address yet
-        ]
+    async def endpoints() -> list[str]:
+        return member_endpoints(
+            [
+                {"metadata": {"name": "c-1"}, "status": {"podIP": "10.0.0.2"}},
+                {"metadata": {"name": "c-0"}, "status": {"podIP": "10.0.0.1"}},
+                {"metadata": {"name": "c-2"}, "status": {}},  # no address yet
+            ],
+            2379,
+        )
 
     events: list[tuple[str, str, str]] = []
     runner = BackupRunner(ctl=ctl, clock=lambda: t("2026-01-01 11:00"))
@@ -188,8 +191,7 @@ def test_tick_runs_save_then_prune_with_the_secret_credentials() -> None:
                 body,
                 runner=runner,
                 secrets=secrets,
-                pods=pods,
-                port=2379,
+                endpoints=endpoints,
                 events=lambda *e: events.append(e),
             )
         )
@@ -222,7 +224,7 @@ def test_tick_reports_a_missing_secret_as_a_failed_backup() -> None:
     async def secrets(namespace: str, name: str) -> None:
         return None
 
-    async def pods() -> list[dict[str, Any]]:
+    async def endpoints() -> list[str]:
         return []
 
     events: list[tuple[str, str, str]] = []
@@ -233,8 +235,7 @@ def test_tick_reports_a_missing_secret_as_a_failed_backup() -> None:
             body,
             runner=BackupRunner(ctl=ctl, clock=lambda: t("2026-01-01 11:10")),
             secrets=secrets,
-            pods=pods,
-            port=2379,
+            endpoints=endpoints,
             events=lambda *e: events.append(e),
         )
     )
