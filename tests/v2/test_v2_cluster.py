@@ -8,6 +8,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,45 @@ def test_v2_data_is_replicated_and_survives_a_restart(tmp_path: Path) -> None:
         queue = next(n for n in listing(third)["nodes"] if n["key"] == "/svc/queue")
         assert [n["value"] for n in queue["nodes"]] == ["job1", "job2"]
         assert next(n for n in listing(third)["nodes"] if n["key"] == "/svc/ttl")["ttl"] > 500
+        concurrent_writers_through_every_member(cluster.members)
+
+
+def increment(member: RaftKVMember, times: int) -> None:
+    """Compare-and-swap increments of /counter, retried when another writer got in first."""
+    done = 0
+    while done < times:
+        status, body = call(member, "GET", "/counter")
+        assert status == 200, body
+        value, index = int(body["node"]["value"]), body["node"]["modifiedIndex"]
+        status, body = call(member, "PUT", f"/counter?prevIndex={index}", value=str(value + 1))
+        if status == 200:
+            done += 1
+        else:
+            assert body["errorCode"] == 101, body
+
+
+def concurrent_writers_through_every_member(members: list[RaftKVMember]) -> None:
+    per_writer = 5
+    assert call(members[0], "PUT", "/counter", value="0")[0] == 201
+    with ThreadPoolExecutor(len(members) * 2) as pool:
+        increments = [pool.submit(increment, m, per_writer) for m in members]
+        posts = [
+            pool.submit(call, m, "POST", "/jobs", value=f"{m.name}-{i}")
+            for i in range(per_writer)
+            for m in members
+        ]
+        for future in increments:
+            future.result()
+        created = [future.result() for future in posts]
+    # no increment was lost: each compare-and-swap was atomic
+    assert call(members[1], "GET", "/counter")[1]["node"]["value"] == str(per_writer * 3)
+    # every POST made its own key, and the queue lists them in creation order
+    assert {status for status, _ in created} == {201}
+    keys = [body["node"]["key"] for _, body in created]
+    listed = call(members[2], "GET", "/jobs?sorted=true")[1]["node"]["nodes"]
+    assert sorted(keys) == [n["key"] for n in listed]
+    by_index = sorted(listed, key=lambda n: n["createdIndex"])
+    assert by_index == listed
 
 
 def test_without_enable_v2_the_keys_path_is_not_found(tmp_path: Path) -> None:
