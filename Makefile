@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test lint proto bench clean system-deps minio
+.PHONY: run test lint proto bench clean system-deps minio e2e-tools e2e-local e2e-kind
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,30 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 minio: .tools/bin/minio
 .tools/bin/minio:
 	GOBIN=$(CURDIR)/.tools/bin go install github.com/minio/minio@$(MINIO_VERSION)
+
+# End-to-end tests (e2e/, docs/KUBERNETES.md). e2e-tools builds kube-apiserver,
+# kube-controller-manager and Helm from their Go modules into .tools/bin (pinned; skipped when
+# built). e2e-local runs them as a real control plane on 127.0.0.1 with a node agent that runs
+# pods as local processes (storage: E2E_STORAGE=etcd or raftkv) and pytest e2e/ against it.
+E2E_STORAGE ?= etcd
+E2E_PYTEST := $(BIN)/pytest -q -s -p no:cacheprovider --timeout=1800 -rs e2e $(PYTEST_ARGS)
+e2e-tools:
+	bash e2e/local/build-tools.sh
+
+e2e-local: $(STAMP) system-deps e2e-tools
+	$(PY) -m e2e.local.tier --storage $(E2E_STORAGE) -- $(E2E_PYTEST)
+
+# The same tests on kind (needs docker, kind, kubectl and helm; not runnable on the CI machine).
+E2E_KIND_NAME ?= raftkv-e2e
+E2E_KIND_KUBECONFIG := $(CURDIR)/.tools/kind-$(E2E_KIND_NAME).kubeconfig
+E2E_KIND_HELM_ARGS ?= --set image.repository=raftkv --set image.tag=e2e --set image.pullPolicy=Never
+e2e-kind: $(STAMP)
+	kind create cluster --name $(E2E_KIND_NAME) --config e2e/kind.yaml --kubeconfig $(E2E_KIND_KUBECONFIG)
+	docker build -t raftkv:e2e . && docker tag raftkv:e2e raftkv:e2e-next
+	kind load docker-image --name $(E2E_KIND_NAME) raftkv:e2e raftkv:e2e-next
+	KUBECONFIG=$(E2E_KIND_KUBECONFIG) E2E_ACCESS=port-forward E2E_HELM=helm \
+	  E2E_HELM_ARGS="$(E2E_KIND_HELM_ARGS)" $(E2E_PYTEST); \
+	  rc=$$?; kind delete cluster --name $(E2E_KIND_NAME); exit $$rc
 
 run: $(STAMP)
 	$(PY) -m raftkv.cli.localcluster
