@@ -1,10 +1,11 @@
 """The few Kubernetes calls the reconciler makes, behind a small protocol.
 
-The reconciler needs only: server-side apply, get, list by label, delete, and merge-patching
-metadata. `Kube` is that protocol, so reconciler tests can run against an in-memory fake; the
-real implementation is `KubeClient`, which drives the official `kubernetes` client's ApiClient
-with generic paths (one code path for every kind instead of one generated API class per kind)
-in a worker thread, keeping the operator's event loop free.
+The reconciler needs only: server-side apply, get, list by label, delete, merge-patching
+metadata, and writing the RaftKVCluster's status. `Kube` is that protocol, so reconciler tests
+can run against an in-memory fake; the real implementation is `KubeClient`, which drives the
+official `kubernetes` client's ApiClient with generic paths (one code path for every kind
+instead of one generated API class per kind) in a worker thread, keeping the operator's event
+loop free.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+
+from raftkv_operator.model import GROUP, PLURAL, VERSION
 
 FIELD_MANAGER = "raftkv-operator"
 
@@ -46,6 +49,12 @@ class Kube(Protocol):
         self, kind: str, namespace: str, name: str, annotations: Mapping[str, str | None]
     ) -> None:
         """Merge annotations (None removes one)."""
+        ...
+
+    async def patch_cluster_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """Merge `status` into a RaftKVCluster's status subresource (lists are replaced)."""
         ...
 
 
@@ -119,6 +128,18 @@ class KubeClient:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    async def patch_cluster_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        await asyncio.to_thread(
+            self._call,
+            "PATCH",
+            path,
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
 
     async def annotate(
         self, kind: str, namespace: str, name: str, annotations: Mapping[str, str | None]

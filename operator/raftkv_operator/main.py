@@ -1,9 +1,9 @@
 """kopf handler registration for RaftKVCluster, and nothing else.
 
-All decisions live in `planner`, all actions in `reconciler`; the handlers here only wire kopf's
-events to one reconcile pass and turn its outcome into kopf's retry (TemporaryError) or failure
-(PermanentError). A per-object lock keeps the change handlers and the drift timer from running
-two passes of the same cluster at once.
+All decisions live in `planner`, all actions in `reconciler`; here each cluster gets a kopf
+daemon that runs reconcile passes in a loop (woken early by spec changes) and writes the status
+each pass returns. Daemons are stopped while kopf peering makes this replica the passive one. A
+per-object lock keeps a pass and the backup/recovery timers of the same cluster apart.
 
 Configuration (environment, set by the Helm chart):
   RAFTKV_IMAGE             image repository for clusters whose spec.image is empty
@@ -17,9 +17,13 @@ Configuration (environment, set by the Helm chart):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import logging
 import os
 import random
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +31,21 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 from raftkv.client import TLSConfig
 
-from raftkv_operator import backups, recovery
+from raftkv_operator import backups, defrag, recovery
 from raftkv_operator.kube import KubeClient, load_config
 from raftkv_operator.metrics import OperatorMetrics
 from raftkv_operator.model import CLIENT_PORT, GROUP, PLURAL, VERSION, InvalidSpec, Names
-from raftkv_operator.reconciler import Outcome, Reconciler
+from raftkv_operator.reconciler import AFTER_STEP_S, Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 
 DRIFT_INTERVAL_S = 15.0
+ERROR_RETRY_S = 10.0
 BACKUP_INTERVAL_S = 30.0
 RECOVERY_INTERVAL_S = 15.0
+DEFRAG_INTERVAL_S = 30.0
 _locks: dict[str, asyncio.Lock] = {}
+_wakeups: dict[str, asyncio.Event] = {}
 
 
 def _client_tls() -> TLSConfig | None:
@@ -104,14 +111,18 @@ def _post(body: kopf.Body) -> backups.EventSink:
     return post
 
 
-async def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
+async def _pass(body: Mapping[str, Any], memo: kopf.Memo) -> Outcome:
+    """One reconcile pass of `body` (a snapshot), its status written through the API."""
     reconciler: Reconciler = memo.reconciler
     metrics: OperatorMetrics = memo.metrics
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid") or ""
+    previous = body.get("status") or {}
 
     def post(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
-    lock = _locks.setdefault(body.metadata.uid or "", asyncio.Lock())
+    lock = _locks.setdefault(uid, asyncio.Lock())
     async with lock:
         with metrics.reconcile_duration.time():
             try:
@@ -119,53 +130,72 @@ async def _pass(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> Outcome:
             except InvalidSpec as error:
                 metrics.reconciles.labels("error").inc()
                 metrics.reconcile_errors.labels("InvalidSpec").inc()
-                patch.status["phase"] = "Failed"
-                post("Warning", "InvalidSpec", str(error))
-                raise kopf.PermanentError(str(error)) from error
+                if previous.get("phase") != "Failed":
+                    post("Warning", "InvalidSpec", str(error))
+                    await reconciler.kube.patch_cluster_status(namespace, name, {"phase": "Failed"})
+                raise
             except Exception as error:
                 metrics.reconciles.labels("error").inc()
                 metrics.reconcile_errors.labels(type(error).__name__).inc()
                 raise
-    for key, value in outcome.status.items():
-        patch.status[key] = value
-    # Conditions other handlers own (BackupSucceeded) stay as they are.
-    own = {c["type"] for c in outcome.status.get("conditions", ())}
-    kept = [c for c in (body.status or {}).get("conditions") or () if c.get("type") not in own]
-    if kept:
-        patch.status["conditions"] = [*outcome.status.get("conditions", ()), *kept]
+        status = dict(outcome.status)
+        # Conditions other handlers own (BackupSucceeded) stay as they are.
+        own = {c["type"] for c in status.get("conditions", ())}
+        kept = [c for c in previous.get("conditions") or () if c.get("type") not in own]
+        status["conditions"] = [*status.get("conditions", ()), *kept]
+        await reconciler.kube.patch_cluster_status(namespace, name, status)
     if outcome.converged:
         metrics.reconciles.labels("converged").inc()
-    elif outcome.retry_after <= 2.0:
+    elif outcome.retry_after <= AFTER_STEP_S:
         metrics.reconciles.labels("progressing").inc()
     else:
         metrics.reconciles.labels("waiting").inc()
     return outcome
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30.0)
+async def run_cluster(
+    body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+) -> None:
+    """One loop per cluster, for as long as it exists and this replica is the active one: a
+    pass, then a pause (short while a step is under way, longer once converged, to notice a
+    lost pod, a lost data dir or a new leader), cut short by a spec change. Waiting is not an
+    error here, so it is neither logged as one nor posted as an Event (kopf's TemporaryError
+    retries would be both)."""
+    wake = _wakeups.setdefault(body.metadata.uid or "", asyncio.Event())
+    while not stopped:
+        wake.clear()
+        # `body` follows the object live; a pass works on one consistent copy.
+        snapshot = copy.deepcopy(dict(body))
+        try:
+            outcome = await _pass(snapshot, memo)
+            delay = DRIFT_INTERVAL_S if outcome.converged else outcome.retry_after
+        except InvalidSpec:
+            delay = DRIFT_INTERVAL_S
+        except Exception as error:
+            log.warning(
+                "reconcile of %s/%s failed: %s", body.metadata.namespace, body.metadata.name, error
+            )
+            delay = ERROR_RETRY_S
+        await _pause(delay, wake, stopped)
+
+
+async def _pause(seconds: float, wake: asyncio.Event, stopped: kopf.DaemonStopped) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopped and not wake.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=min(left, 1.0))
+
+
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Reconcile until converged: kopf calls again after each TemporaryError's delay."""
-    try:
-        outcome = await _pass(body, patch, memo)
-    except kopf.PermanentError:
-        raise
-    except Exception as error:
-        raise kopf.TemporaryError(f"reconcile failed: {error}", delay=10) from error
-    if not outcome.converged:
-        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=DRIFT_INTERVAL_S, initial_delay=DRIFT_INTERVAL_S)
-async def watch_drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Notice what no resource change announces: a lost pod, a lost data dir, a new leader."""
-    try:
-        await _pass(body, patch, memo)
-    except kopf.PermanentError:
-        pass  # already reported by the change handler
-    except Exception as error:
-        log.warning("drift check of %s failed: %s", body.metadata.name, error)
+def spec_changed(body: kopf.Body, **_: Any) -> None:
+    """Start the cluster's next pass now rather than after its pause."""
+    wake = _wakeups.get(body.metadata.uid or "")
+    if wake is not None:
+        wake.set()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -174,6 +204,7 @@ def forget(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.metrics.cluster_deleted(body.metadata.namespace or "", body.metadata.name or "")
     memo.backup_metrics.cluster_deleted(body.metadata.namespace or "", body.metadata.name or "")
     _locks.pop(body.metadata.uid or "", None)
+    _wakeups.pop(body.metadata.uid or "", None)
 
 
 @kopf.timer(
@@ -228,6 +259,44 @@ async def recover(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any)
             fields = await memo.recovery.check(body, _post(body))
         except InvalidSpec as error:
             log.warning("recovery check of %s: %s", body.metadata.name, error)
+            return
+    for key, value in (fields or {}).items():
+        patch.status[key] = value
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=DEFRAG_INTERVAL_S,
+    initial_delay=DEFRAG_INTERVAL_S,
+    when=lambda spec, **_: bool((spec.get("maintenance") or {}).get("defragSchedule")),
+)
+async def defragment(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Scheduled defragmentation, followers first and the leader last (see `defrag`); it moves
+    leadership, so never during a reconcile pass of the same cluster."""
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    names = Names(name, namespace, memo.reconciler.cluster_domain)
+    client_tls = (body.spec.get("tls") or {}).get("client")
+    scheme = "https" if client_tls else "http"
+
+    async def endpoints() -> list[str]:
+        pods = await memo.reconciler.kube.list("Pod", namespace, names.selector_string())
+        return [f"{scheme}://{e}" for e in backups.member_endpoints(pods, CLIENT_PORT)]
+
+    lock = _locks.setdefault(body.metadata.uid or "", asyncio.Lock())
+    async with lock:
+        try:
+            fields = await defrag.tick(
+                body,
+                calls=lambda members: defrag.ClientCalls(
+                    members, memo.reconciler.client_tls if client_tls else None
+                ),
+                endpoints=endpoints,
+                events=_post(body),
+            )
+        except InvalidSpec as error:
+            log.warning("defragmentation of %s/%s: %s", namespace, name, error)
             return
     for key, value in (fields or {}).items():
         patch.status[key] = value

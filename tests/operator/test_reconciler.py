@@ -71,6 +71,11 @@ class FakeKube:
             else:
                 notes[key] = value
 
+    async def patch_cluster_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        raise AssertionError("a pass returns its status; the handler writes it")
+
     # Test helpers: what the StatefulSet controller and the kubelet would create.
     def add_pod(self, ordinal: int, image: str, *, ready: bool = True) -> None:
         self.objects[("Pod", "ns", NAMES.pod(ordinal))] = {
