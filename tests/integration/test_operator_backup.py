@@ -5,6 +5,7 @@ without Kubernetes: the functions kopf's handlers call, fed what the API would g
   (`lastBackup`, the BackupSucceeded condition, events) and retention applied;
 - the restore init step, run once per member as each pod would, builds a new 3-member cluster
   holding the source's keyspace (HashKV equal at the backed-up revision);
+- defragmentation goes follower by follower and moves leadership before the leader;
 - fromSurvivor: 2 of 3 members killed and their data dirs deleted; the decision functions call
   it permanent loss and pick the survivor, whose init step rebuilds it as a one-member cluster
   with its data; the others are added back empty as learners (the operator's member
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 from raftkv.client import SyncClient
-from raftkv_operator import backups, restore
+from raftkv_operator import backups, defrag, restore
 from raftkv_operator.backups import BACKUP_NOW_ANNOTATION, BackupRunner
 from raftkv_operator.members import LearnerNotReady, Members
 from raftkv_operator.recovery import VoterView, assess
@@ -321,3 +322,18 @@ def test_from_survivor_recovery_brings_back_a_serving_cluster_with_its_data(
         assert len(hashes) == 1
         assert keyspace(client) == expected
         client.put("after/recovery", "ok")
+
+
+def test_defragmentation_moves_leadership_before_the_leader(source: RaftKVCluster) -> None:
+    with SyncClient(source.endpoints, timeout=30) as client:
+        write_keys(client, "defrag", 80)
+        client.delete("defrag/", prefix=True)  # free pages for the defragmentation to drop
+    urls = [m.client_url for m in source.members]
+    old_leader = source.leader()
+    done = asyncio.run(defrag.defragment_cluster(defrag.ClientCalls(urls), urls))
+    assert sorted(done) == sorted(urls)
+    assert done[-1] == old_leader.client_url  # the old leader went last
+    with SyncClient(source.endpoints, timeout=30) as client:
+        status = client.status(old_leader.client_url)
+        assert status.leader and status.leader != status.header.member_id  # no longer leads
+        assert client.put("after/defrag", "ok").header.revision > 0
