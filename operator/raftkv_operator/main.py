@@ -31,7 +31,7 @@ import kopf
 from prometheus_client import CollectorRegistry, start_http_server
 from raftkv.client import TLSConfig
 
-from raftkv_operator import backups, recovery
+from raftkv_operator import backups, defrag, recovery
 from raftkv_operator.kube import KubeClient, load_config
 from raftkv_operator.metrics import OperatorMetrics
 from raftkv_operator.model import CLIENT_PORT, GROUP, PLURAL, VERSION, InvalidSpec, Names
@@ -43,6 +43,7 @@ DRIFT_INTERVAL_S = 15.0
 ERROR_RETRY_S = 10.0
 BACKUP_INTERVAL_S = 30.0
 RECOVERY_INTERVAL_S = 15.0
+DEFRAG_INTERVAL_S = 30.0
 _locks: dict[str, asyncio.Lock] = {}
 _wakeups: dict[str, asyncio.Event] = {}
 
@@ -262,3 +263,40 @@ async def recover(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any)
     for key, value in (fields or {}).items():
         patch.status[key] = value
 
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=DEFRAG_INTERVAL_S,
+    initial_delay=DEFRAG_INTERVAL_S,
+    when=lambda spec, **_: bool((spec.get("maintenance") or {}).get("defragSchedule")),
+)
+async def defragment(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """Scheduled defragmentation, followers first and the leader last (see `defrag`); it moves
+    leadership, so never during a reconcile pass of the same cluster."""
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+    names = Names(name, namespace, memo.reconciler.cluster_domain)
+    client_tls = (body.spec.get("tls") or {}).get("client")
+    scheme = "https" if client_tls else "http"
+
+    async def endpoints() -> list[str]:
+        pods = await memo.reconciler.kube.list("Pod", namespace, names.selector_string())
+        return [f"{scheme}://{e}" for e in backups.member_endpoints(pods, CLIENT_PORT)]
+
+    lock = _locks.setdefault(body.metadata.uid or "", asyncio.Lock())
+    async with lock:
+        try:
+            fields = await defrag.tick(
+                body,
+                calls=lambda members: defrag.ClientCalls(
+                    members, memo.reconciler.client_tls if client_tls else None
+                ),
+                endpoints=endpoints,
+                events=_post(body),
+            )
+        except InvalidSpec as error:
+            log.warning("defragmentation of %s/%s: %s", namespace, name, error)
+            return
+    for key, value in (fields or {}).items():
+        patch.status[key] = value
