@@ -28,7 +28,7 @@ import pytest
 from raftkv.pb.etcdserverpb import rpc_pb2 as pb
 from raftkv.pb.etcdserverpb import rpc_pb2_grpc as rpc
 
-from tests.proxy.support import start_proxy
+from tests.proxy.support import ProxyProcess, start_proxy
 from tests.support.raftkv import RaftKVCluster, RaftKVMember, start_raftkv_cluster
 
 pytestmark = pytest.mark.integration
@@ -94,18 +94,23 @@ class Clients:
         for thread in (writer, reader, keep_alive):
             thread.start()
 
+    @staticmethod
+    def _join(thread: threading.Thread) -> None:
+        if thread.ident is not None:  # started
+            thread.join(timeout=CALL_TIMEOUT_S)
+
     def stop_writing(self) -> None:
         self.stop.set()
-        self.threads[0].join(timeout=CALL_TIMEOUT_S)
+        self._join(self.threads[0])
 
     def close(self) -> None:
         self.stop.set()
-        self.threads[1].join(timeout=CALL_TIMEOUT_S)  # the reader ends its last call
+        self._join(self.threads[1])  # the reader ends its last call
         self._watch_requests.put(None)
         self._keep_alive_requests.put(None)
         self.channel.close()
         for thread in self.threads:
-            thread.join(timeout=CALL_TIMEOUT_S)
+            self._join(thread)
 
     def _write(self) -> None:
         n = 0
@@ -165,15 +170,22 @@ def cluster5(tmp_path: Path) -> Iterator[RaftKVCluster]:
         yield cluster
 
 
-def test_killing_the_watched_member_and_the_leader_is_invisible_to_clients(
-    tmp_path: Path, cluster5: RaftKVCluster
-) -> None:
+@pytest.fixture
+def proxy(tmp_path: Path, cluster5: RaftKVCluster) -> Iterator[ProxyProcess]:
     proxy = start_proxy(tmp_path, cluster5.endpoints)
-    clients: Clients | None = None
     try:
-        with grpc.insecure_channel(proxy.target) as channel:
-            lease = rpc.LeaseStub(channel).LeaseGrant(pb.LeaseGrantRequest(TTL=5), timeout=30)
-        clients = Clients(proxy.target, lease.ID)
+        yield proxy
+    finally:
+        proxy.kill()
+
+
+def test_killing_the_watched_member_and_the_leader_is_invisible_to_clients(
+    cluster5: RaftKVCluster, proxy: ProxyProcess
+) -> None:
+    with grpc.insecure_channel(proxy.target) as channel:
+        lease = rpc.LeaseStub(channel).LeaseGrant(pb.LeaseGrantRequest(TTL=5), timeout=30)
+    clients = Clients(proxy.target, lease.ID)
+    try:
         clients.start()
 
         def progress(count: int) -> None:
@@ -194,20 +206,19 @@ def test_killing_the_watched_member_and_the_leader_is_invisible_to_clients(
         progress(20)
         renewals = clients.renewals
         wait_until(lambda: clients.renewals > renewals + 1, "keep-alives after the kills")
+
+        clients.stop_writing()
+        written = len(clients.written)
+        try:
+            wait_until(lambda: len(clients.seen) >= written or bool(clients.errors), "events")
+        except TimeoutError as timeout:
+            missing = sorted(set(clients.written) - set(clients.seen))[:5]
+            raise AssertionError(
+                f"{len(clients.seen)} of {written} writes seen; missing {missing}; "
+                f"errors {clients.errors}\nproxy log:\n{proxy.log_tail()}"
+            ) from timeout
     finally:
-        if clients is not None:
-            clients.stop_writing()
-            written = len(clients.written)
-            try:
-                wait_until(lambda: len(clients.seen) >= written or bool(clients.errors), "events")
-            except TimeoutError as timeout:
-                missing = sorted(set(clients.written) - set(clients.seen))[:5]
-                raise AssertionError(
-                    f"{len(clients.seen)} of {written} writes seen; missing {missing}; "
-                    f"errors {clients.errors}\nproxy log:\n{proxy.log_tail()}"
-                ) from timeout
-            clients.close()
-        proxy.kill()
+        clients.close()
 
     assert not clients.errors, clients.errors
     # Every write was seen once, in order; the watch was created once and never canceled.
