@@ -495,6 +495,11 @@ async def read_secret(namespace: str, name: str) -> dict[str, Any] | None:
         except ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:
+                raise BackupFailed(
+                    f"the operator may not read Secret {name!r} in {namespace} "
+                    "(the chart grants it per watched namespace: rbac.backupSecrets)"
+                ) from None
             raise
         return {"data": dict(secret.data or {})}
 
