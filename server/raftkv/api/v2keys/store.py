@@ -152,11 +152,21 @@ def _compare_failures(node: Node, prev_value: str | None, prev_index: int) -> st
     return " ".join(causes)
 
 
+def _retired_lease(snap: Snapshot, plan: Plan) -> list[int]:
+    """The lease the replaced or deleted node had of its own, when nothing else can hold it."""
+    prev = plan.prev
+    if prev is None or prev.expiry_ns is None or not prev.lease or prev.lease == plan.lease:
+        return []
+    inherited, _ = snap.inherited_lease(prev.path)
+    return [] if prev.lease == inherited else [prev.lease]
+
+
 class V2Store:
     """The v2 operations (see the module docstring), answering `Result` or raising V2Error."""
 
     def __init__(self, v3: V3) -> None:
         self._v3 = v3
+        self._revokes: set[asyncio.Task[None]] = set()
 
     async def _read(self, path: str, *, subtree: str = "") -> Snapshot:
         """Ancestors and `path` at one revision; `subtree` "all" adds everything below,
@@ -296,31 +306,40 @@ class V2Store:
     async def _write(
         self, read_path: str, decide: Any, *, subtree: str = "", deleting: bool = False
     ) -> Result:
-        lease = 0
+        granted = 0  # a lease granted for this write and not (yet) in use
+        retired: list[int] = []
         try:
             for _ in range(MAX_ATTEMPTS):
                 snap = await self._read(read_path, subtree=subtree)
                 plan: Plan = decide(snap)
-                if plan.ttl and not lease:
-                    lease = await self._v3.lease_grant(plan.ttl)
+                if plan.ttl and not granted:
+                    granted = await self._v3.lease_grant(plan.ttl)
                 request = (
                     self._delete_txn(snap, plan)
                     if deleting
-                    else self._put_txn(snap, plan, lease, read_path)
+                    else self._put_txn(snap, plan, granted, read_path)
                 )
                 response = await self._v3.txn(request)
                 if response.succeeded:
                     revision = response.header.revision
                     result = self._result(plan, revision, deleting)
                     result.term, result.cluster_id = response.header.raft_term, snap.cluster_id
-                    if plan.lease == lease:
-                        lease = 0  # in use
+                    if plan.lease == granted:
+                        granted = 0
+                    retired = _retired_lease(snap, plan)
                     return result
             raise V2Error(RAFT_INTERNAL, "too many conflicting writes", snap.revision)
         finally:
-            if lease:  # granted for a write that did not happen
-                with contextlib.suppress(V2Error):
-                    await self._v3.lease_revoke(lease)
+            # Leases no key uses any more: revoked in the background (they would expire anyway).
+            for lease in (granted, *retired):
+                if lease:
+                    task = asyncio.create_task(self._revoke(lease))
+                    self._revokes.add(task)
+                    task.add_done_callback(self._revokes.discard)
+
+    async def _revoke(self, lease: int) -> None:
+        with contextlib.suppress(V2Error):
+            await self._v3.lease_revoke(lease)
 
     def _put_txn(self, snap: Snapshot, plan: Plan, own_lease: int, read_path: str) -> Any:
         now = mapping.now_ns()
