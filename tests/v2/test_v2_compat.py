@@ -129,6 +129,8 @@ def test_sets_gets_dirs_compare_and_errors(pair: Pair) -> None:
     same("{E}/v2/keys/s/d?prevExist=true", "-XPUT", "-d", "value=5")
     same("{E}/v2/keys/", "-XPUT", "-d", "value=z")
     same("{E}/v2/keys/s/empty", "-XPUT")
+    same("{E}/v2/keys/s/sp%20ace", "-XPUT", "--data-urlencode", "value=a b&c=<d> é")
+    same("{E}/v2/keys/s/sp%20ace")
     # deletes and compare-and-delete
     same("{E}/v2/keys/s/d", "-XDELETE")
     same("{E}/v2/keys/s/d?dir=true", "-XDELETE")
