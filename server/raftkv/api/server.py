@@ -27,6 +27,7 @@ from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.lock import LockService
 from raftkv.api.maintenance import MaintenanceService
+from raftkv.api.v2keys import V2KeysApi
 from raftkv.api.watch import WatchService
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError
@@ -140,6 +141,10 @@ async def serve(config: ServerConfig) -> None:
     router = _health_router(member, registry, metrics, version=True)
     gateway = JsonGateway.to_target(grpc_target)
     gateway.mount(router)
+    v2keys = None
+    if config.enable_v2:
+        v2keys = V2KeysApi.to_target(grpc_target, raft_index=lambda: member.node.applied_index)
+        v2keys.mount(router)
     front = ClientPortFront(
         router,
         grpc_address,
@@ -170,6 +175,8 @@ async def serve(config: ServerConfig) -> None:
         http_server.close()
     await grpc_server.stop(grace=1.0)
     await gateway.close()
+    if v2keys is not None:
+        await v2keys.close()
     await front.close()
     await member.stop()
     if tracing is not None:
