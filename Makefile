@@ -31,6 +31,10 @@ system-deps:
 	  echo "installing openssl (the TLS tests make their certificates with it)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends openssl; \
 	fi
+	@if ! command -v curl >/dev/null; then \
+	  echo "installing curl (the v2 keys comparison tests run the same curl commands against etcd and raftkv)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends curl; \
+	fi
 
 # MinIO, the S3-compatible server the backup tests store into, built from its Go module (a
 # pinned commit; it has no semver tags) into the ignored .tools/bin. About 6 minutes from an
