@@ -328,6 +328,6 @@ def _summary(
         f"{sum(w.stalled for w in lockers)} stalled holders, "
         f"{sum(len(w.refused) for w in lockers)} fenced writes refused",
         f"durable writes acknowledged: {len(durable.acknowledged)}",
-        f"proxy: {h.proxy.unidentified} peer connections whose sender was not identified",
+        f"proxy: {h.proxy.unidentified} peer connections refused (sender not identified)",
     ]
     return "\n".join(lines)

@@ -4,9 +4,11 @@ Each member advertises a proxy listener as its peer URL; the listener forwards t
 real peer port. A raftkv member sends its Raft messages to a peer over connections it dials
 itself (the peer's replies travel on connections the peer dials), so every proxied connection
 belongs to one directed link, sender -> receiver. The receiver is the listener; the sender is
-found by asking the kernel which member process owns the connection's source port
-(/proc/net/tcp for the socket's inode, then /proc/<pid>/fd). That is what lets one listener per
-member serve per-link faults without giving the members different views of each other's URLs.
+found by asking the kernel which member process owns the connection's source port (sock_diag
+netlink for the socket's inode, then /proc/<pid>/fd). That is what lets one listener per member
+serve per-link faults without giving the members different views of each other's URLs. A
+connection whose sender cannot be found (the dialer already gone) is closed, never proxied
+without its faults.
 
 Faults, per directed link:
 - cut: bytes stop moving both ways on the link's connections (as when packets are lost on a
@@ -112,7 +114,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.unidentified = 0  # connections whose sender was not found (proxied without faults)
+        self.unidentified = 0  # connections refused because their sender was not found
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
@@ -225,8 +227,10 @@ class FaultProxy:
             listen_port = target.server.sockets[0].getsockname()[1]
             sender = await self._sender_of(writer, listen_port)
             if sender is None:
+                # Refused, so that a fault can never leak through; a member redials.
                 self.unidentified += 1
-            link = (sender or "?", receiver)
+                return
+            link = (sender, receiver)
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target.upstream_port)
             self._writers.add(up_writer)
             sock = up_writer.get_extra_info("socket")
