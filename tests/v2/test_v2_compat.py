@@ -9,6 +9,7 @@ sequence of changes and their indexes correspond one to one.
 
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.v2.curlpair import Answer, Server
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not etcd_installed(), reason="etcd 3.4 is not installed"),
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
 ]
 
 EXPIRY_DEADLINE_S = 60.0
