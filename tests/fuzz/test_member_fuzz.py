@@ -199,7 +199,8 @@ def test_gateway_bodies_get_json_answers(cluster: RaftKVCluster) -> None:
         finally:
             connection.close()
         assert response.status != 500 or text != b"internal server error\n", f"{path} crashed"
-        json.loads(text.split(b"\n", 1)[0])
+        if text or not path.endswith("/keepalive"):  # a keep-alive of no requests: no lines
+            json.loads(text.split(b"\n", 1)[0])
 
     fuzz(body, gateway_bodies(), examples=80)
     with grpc.insecure_channel(member.target) as channel:

@@ -237,3 +237,34 @@ def test_a_message_claiming_to_come_from_this_node_is_refused_unchanged() -> Non
     with pytest.raises(MalformedMessageError):
         member.node.step(message)
     assert member.state() == before
+
+
+def test_append_entries_that_do_not_follow_the_index_are_refused() -> None:
+    """Was: a MsgApp whose entry did not follow its index (an entry at index 4 after index 4,
+    or at 5 after 3) was appended, leaving terms going down or a gap the storage refused."""
+    for index in (4, 5):
+        member = Member(leader=False)
+        message = pb.Message(type=pb.MSG_APP, to=SELF, term=2, index=3, log_term=1)
+        message.entries.add(index=index, term=2)
+        setattr(message, "from", 2)
+        before = member.state()
+        if index == 4:
+            member.step(message)  # well formed: taken
+            assert member.storage.last_index() == 4
+            continue
+        with pytest.raises(MalformedMessageError):
+            member.node.step(message)
+        assert member.state() == before
+
+
+def test_append_without_a_term_or_with_entries_of_lower_terms_is_refused() -> None:
+    member = Member(leader=False)
+    for term, entry_terms in ((0, [0]), (3, [2, 1]), (3, [4])):
+        message = pb.Message(type=pb.MSG_APP, to=SELF, term=term, index=3, log_term=1)
+        for offset, entry_term in enumerate(entry_terms, start=4):
+            message.entries.add(index=offset, term=entry_term)
+        setattr(message, "from", 2)
+        before = member.state()
+        with pytest.raises(MalformedMessageError):
+            member.node.step(message)
+        assert member.state() == before

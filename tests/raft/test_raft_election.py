@@ -217,7 +217,7 @@ def test_higher_term_append_turns_a_leader_into_a_follower() -> None:
 def test_lower_term_messages_are_ignored_but_a_stale_leader_is_told_the_term() -> None:
     net = Net()
     net.campaign(1)  # term 2
-    stale = msg(pb.MSG_APP, 3, 2, term=1, index=4, log_term=2, commit=5)
+    stale = msg(pb.MSG_APP, 3, 2, term=1, index=4, log_term=1, commit=5)
     stale.entries.add(index=5, term=1, data=b"old")
     net.nodes[2].step(stale)
     (resp,) = responses(net, 2)

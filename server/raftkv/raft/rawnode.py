@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from raftkv.pb.raftpb.raft_pb2 import (
     CONF_CHANGE_ADD_NODE,
     ENTRY_CONF_CHANGE,
+    MSG_APP,
+    MSG_HEARTBEAT,
     MSG_HUP,
+    MSG_PRE_VOTE,
     MSG_READ_INDEX,
+    MSG_SNAP,
     MSG_SNAP_STATUS,
+    MSG_TIMEOUT_NOW,
     MSG_TRANSFER_LEADER,
     MSG_UNREACHABLE,
+    MSG_VOTE,
     ConfChange,
     ConfState,
     Entry,
@@ -48,6 +54,11 @@ __all__ = [
 ]
 
 
+# Sent only by a leader or a candidate, which always have a term (vote responses and
+# forwarded requests may have none).
+_SENT_WITH_A_TERM = frozenset(
+    {MSG_APP, MSG_HEARTBEAT, MSG_SNAP, MSG_TIMEOUT_NOW, MSG_VOTE, MSG_PRE_VOTE}
+)
 # Terms and indexes grow by one per election or entry: no real log comes near this, and a value
 # past it would overflow the uint64 fields when the node counts on from it.
 MAX_TERM_OR_INDEX = 1 << 62
@@ -63,6 +74,28 @@ def _check_well_formed(m: Message, node_id: int) -> None:
         numbers += [entry.index, entry.term]
     if max(numbers) >= MAX_TERM_OR_INDEX:
         raise MalformedMessageError(f"message type {m.type} carries a term or index >= 2**62")
+    if m.type in _SENT_WITH_A_TERM and m.term == 0:
+        raise MalformedMessageError(f"message type {m.type} without a term")
+    if m.type == MSG_APP:
+        _check_append(m)
+    elif m.type == MSG_SNAP:
+        meta = m.snapshot.metadata
+        if meta.index == 0 or not 1 <= meta.term <= m.term:
+            raise MalformedMessageError("MsgSnap without a snapshot of a past or current term")
+
+
+def _check_append(m: Message) -> None:
+    """A MsgApp's entries follow its (index, log_term) one by one, in terms that never go down,
+    none beyond the message's own term."""
+    previous_term = m.log_term
+    if previous_term > m.term or (m.index == 0 and previous_term != 0):
+        raise MalformedMessageError("MsgApp with an impossible previous entry")
+    for offset, entry in enumerate(m.entries, start=1):
+        if entry.index != m.index + offset:
+            raise MalformedMessageError("MsgApp entries do not follow its index one by one")
+        if not max(previous_term, 1) <= entry.term <= m.term:
+            raise MalformedMessageError("MsgApp entries with terms out of order")
+        previous_term = entry.term
 
 
 @dataclass
