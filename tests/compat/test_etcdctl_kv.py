@@ -361,11 +361,6 @@ def test_request_larger_than_max_request_bytes(compat: Case) -> None:
     check("get", a, "-w", "json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gRPC's own size limit: Go says 'grpc: received message larger than max (N vs. M)', "
-    "Python's C core 'SERVER: Received message larger than max (N vs. M)'",
-)
 def test_request_beyond_the_grpc_message_limit(compat: Case) -> None:
     # etcd's gRPC server accepts --max-request-bytes plus 512 KiB of framing, then refuses.
     compat.check("put", compat.key("a"), input="x" * (MAX_REQUEST_BYTES + 600 * 1024))

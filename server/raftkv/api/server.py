@@ -44,13 +44,25 @@ log = logging.getLogger(__name__)
 
 # etcd accepts a request of --max-request-bytes plus this much gRPC framing.
 GRPC_OVERHEAD_BYTES = 512 * 1024
+# grpcio's options are C ints.
+_GRPC_INT_MAX = 2**31 - 1
+
+
+def grpc_receive_limit(config: ServerConfig) -> int:
+    """etcd's limit on one received message; larger ones get grpc-go's error (`api.decoding`)."""
+    return config.max_request_bytes + GRPC_OVERHEAD_BYTES
 
 
 def grpc_server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    # The C core refuses (in its own words) only messages over twice etcd's limit, so nearly
+    # every oversized request gets etcd's exact error, and one message never holds more memory.
+    core_receive_limit = min(2 * grpc_receive_limit(config), _GRPC_INT_MAX)
+    # 0 is grpc-go's "no limit".
+    streams = config.max_concurrent_streams or _GRPC_INT_MAX
     return [
-        ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        ("grpc.max_concurrent_streams", 2**31 - 1),
+        ("grpc.max_receive_message_length", core_receive_limit),
+        ("grpc.max_send_message_length", _GRPC_INT_MAX),
+        ("grpc.max_concurrent_streams", min(streams, _GRPC_INT_MAX)),
         ("grpc.keepalive_time_ms", 2 * 60 * 60 * 1000),
         ("grpc.keepalive_timeout_ms", 20 * 1000),
         ("grpc.http2.min_ping_interval_without_data_ms", 5 * 1000),
@@ -59,8 +71,10 @@ def grpc_server_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 def http_body_limit(config: ServerConfig) -> int:
-    """The largest HTTP request body: a request in JSON (base64 grows bytes by 4/3) and slack."""
-    return 2 * config.max_request_bytes + GRPC_OVERHEAD_BYTES
+    """The largest HTTP request body: the C core's receive limit. JSON takes more bytes than
+    protobuf for a request (hardly ever fewer), so a message the gateway could send (and have
+    refused with etcd's error) fits; bigger bodies are refused with 413 before they are read."""
+    return 2 * grpc_receive_limit(config)
 
 
 def build_grpc_server(
@@ -73,7 +87,10 @@ def build_grpc_server(
         options=grpc_server_options(member.config),
         # Innermost last: metrics see the calls the decoding check lets through, as in etcd,
         # whose go-grpc-prometheus interceptor is the last of its chain.
-        interceptors=[StrictDecodingInterceptor(), *(interceptors or [])],
+        interceptors=[
+            StrictDecodingInterceptor(grpc_receive_limit(member.config)),
+            *(interceptors or []),
+        ],
     )
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(member), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
