@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test lint proto bench clean system-deps minio e2e-tools e2e-local e2e-kind
+.PHONY: run test lint proto bench robustness-long clean system-deps minio e2e-tools e2e-local e2e-kind
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,12 @@ proto: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench.run
+
+# Fault injection with every check (tests/robustness, docs/ROBUSTNESS.md) for 30 minutes of faults
+# and a fresh seed; `make test` runs the same test for one minute with a fixed seed.
+robustness-long: $(STAMP)
+	ROBUSTNESS_DURATION=$${ROBUSTNESS_DURATION:-1800} ROBUSTNESS_SEED=$${ROBUSTNESS_SEED:-$$(date +%s)} \
+	  $(BIN)/pytest -q -s -p no:cacheprovider tests/robustness/test_robustness.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
