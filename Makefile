@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test lint proto bench robustness-long clean system-deps minio e2e-tools e2e-local e2e-kind
+.PHONY: run test lint proto bench robustness-long fuzz clean system-deps minio e2e-tools e2e-local e2e-kind
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -91,6 +91,12 @@ bench: $(STAMP) system-deps
 robustness-long: $(STAMP)
 	ROBUSTNESS_DURATION=$${ROBUSTNESS_DURATION:-1800} ROBUSTNESS_SEED=$${ROBUSTNESS_SEED:-$$(date +%s)} \
 	  $(BIN)/pytest -q -s -p no:cacheprovider tests/robustness/test_robustness.py $(PYTEST_ARGS)
+
+# Longer fuzzing (tests/fuzz): after the fixed examples `make test` runs, each target keeps
+# drawing fresh random examples for RAFTKV_FUZZ_SECONDS (default 300) seconds.
+fuzz: $(STAMP)
+	RAFTKV_FUZZ_SECONDS=$${RAFTKV_FUZZ_SECONDS:-300} \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

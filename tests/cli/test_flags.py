@@ -61,6 +61,7 @@ def test_defaults_are_etcds_documented_defaults() -> None:
     assert config.effective_quota_backend_bytes == 2 * 1024**3
     assert config.max_request_bytes == 1_572_864
     assert config.max_txn_ops == 128
+    assert config.max_concurrent_streams == 2**32 - 1
     assert config.auto_compaction_mode == "periodic"
     assert config.auto_compaction_retention == "0"
     assert config.listen_metrics_urls == ()
@@ -142,6 +143,7 @@ ENV_CASES = [
     ("ETCD_QUOTA_BACKEND_BYTES", "1024", "quota_backend_bytes", 1024),
     ("ETCD_MAX_REQUEST_BYTES", "4096", "max_request_bytes", 4096),
     ("ETCD_MAX_TXN_OPS", "3", "max_txn_ops", 3),
+    ("ETCD_MAX_CONCURRENT_STREAMS", "100", "max_concurrent_streams", 100),
     ("ETCD_AUTO_COMPACTION_MODE", "revision", "auto_compaction_mode", "revision"),
     ("ETCD_AUTO_COMPACTION_RETENTION", "30m", "auto_compaction_retention", "30m"),
     (

@@ -36,6 +36,7 @@ from raftkv.node.config import (
     DEFAULT_PEER_URL,
     DEFAULT_SNAPSHOT_COUNT,
     LOG_LEVELS,
+    MAX_CONCURRENT_STREAMS,
     ConfigError,
     ServerConfig,
     parse_duration_seconds,
@@ -263,6 +264,13 @@ FLAGS: tuple[Flag, ...] = (
         _integer,
         str(DEFAULT_MAX_TXN_OPS),
         "most operations in one transaction",
+        "N",
+    ),
+    Flag(
+        "max-concurrent-streams",
+        _integer,
+        str(MAX_CONCURRENT_STREAMS),
+        "most gRPC streams (calls in progress) one client connection may have open at once",
         "N",
     ),
     Flag(
