@@ -87,7 +87,7 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench.run
 
 # Fault injection with every check (tests/robustness, docs/ROBUSTNESS.md) for 30 minutes of faults
-# and a fresh seed; `make test` runs the same test for one minute with a fixed seed.
+# and a fresh seed; `make test` runs the same test for 80 s with a fixed seed.
 robustness-long: $(STAMP)
 	ROBUSTNESS_DURATION=$${ROBUSTNESS_DURATION:-1800} ROBUSTNESS_SEED=$${ROBUSTNESS_SEED:-$$(date +%s)} \
 	  $(BIN)/pytest -q -s -p no:cacheprovider tests/robustness/test_robustness.py $(PYTEST_ARGS)
