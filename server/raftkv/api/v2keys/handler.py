@@ -217,6 +217,8 @@ class V2KeysApi:
             try:
                 async for event in events:
                     yield encode(event)
+            except V2Error:
+                return  # the member stopped serving the watch: end the answer without an event
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
