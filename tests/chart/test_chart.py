@@ -235,3 +235,26 @@ def test_the_crd_has_scale_status_and_printer_columns() -> None:
     assert "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert [c for c in columns if c != "Phase"] == ["Size", "Ready", "Leader", "Version", "Age"]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Refuses a mapping with a key twice (PyYAML keeps the last one silently; so do Helm and
+    the API server, so a duplicated schema property would lose the first copy unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        duplicates = {k for k in keys if keys.count(k) > 1}
+        assert not duplicates, f"duplicate keys {duplicates} at line {node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_chart_yaml_files_have_no_duplicate_keys() -> None:
+    files = [
+        *sorted((CHART / "crds").glob("*.yaml")),
+        *sorted((CHART / "examples").glob("*.yaml")),
+        *sorted((CHART / "alerts").glob("*.yaml")),
+        CHART / "values.yaml",
+        CHART / "Chart.yaml",
+    ]
+    for path in files:
+        list(yaml.load_all(path.read_text(), Loader=_UniqueKeyLoader))
