@@ -147,6 +147,32 @@ class Harness:
         self.note(f"restart {member.name}")
         await self.restart(member)
 
+    async def kill_all(self) -> None:
+        """Every member SIGKILLed at once (a power cut), then all restarted."""
+        self.note("SIGKILL all members")
+        for member in self.voters:
+            member.kill(signal.SIGKILL)
+        await self.hold(0.5, 1.5)
+        for member in self.voters:
+            member.start()
+        for member in self.voters:
+            await asyncio.to_thread(wait_serving, member, _DEADLINE_S)
+        self.note("all members restarted")
+
+    async def kill_during_recovery(self) -> None:
+        """SIGKILL a member, then again while it restarts (replaying its WAL, catching up)."""
+        member = self.rng.choice(self.voters)
+        self.note(f"SIGKILL {member.name}")
+        member.kill(signal.SIGKILL)
+        await self.hold(0.3, 1.0)
+        member.start()
+        await asyncio.sleep(self.rng.uniform(0.1, 1.5))
+        self.note(f"SIGKILL {member.name} while it restarts")
+        member.kill(signal.SIGKILL)
+        await self.hold(0.3, 1.0)
+        self.note(f"restart {member.name}")
+        await self.restart(member)
+
     async def pause_leader(self) -> None:
         await self._pause(await self.leader(), "leader")
 

@@ -251,6 +251,8 @@ async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -
     faults: dict[str, Callable[[], Awaitable[None]]] = {
         "kill leader": h.kill_leader,
         "kill follower": h.kill_follower,
+        "kill all": h.kill_all,
+        "kill during recovery": h.kill_during_recovery,
         "pause leader": h.pause_leader,
         "pause follower": h.pause_follower,
         "isolate leader": h.isolate_leader,

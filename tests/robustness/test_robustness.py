@@ -1,6 +1,6 @@
 """Fault injection against a real cluster under load, with every check (see scenario.py).
 
-Bounded for `make test` (ROBUSTNESS_DURATION, default 60 s of faults, a fixed seed); `make
+Bounded for `make test` (ROBUSTNESS_DURATION, default 80 s of faults, a fixed seed); `make
 robustness-long` runs 30 minutes with a fresh seed. A failure prints the seed, the fault
 timeline and the checkers' explanations; the full report and history stay under pytest's tmp
 dir (`robustness-report/`).
@@ -16,7 +16,7 @@ import pytest
 
 from tests.robustness.scenario import Settings, run
 
-DURATION = float(os.environ.get("ROBUSTNESS_DURATION", "60"))
+DURATION = float(os.environ.get("ROBUSTNESS_DURATION", "80"))
 SEED = int(os.environ.get("ROBUSTNESS_SEED", "1"))
 MEMBERS = int(os.environ.get("ROBUSTNESS_MEMBERS", "3"))
 
