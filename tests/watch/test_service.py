@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
-from raftkv.api.watch import WatchService
+from raftkv.api.watch import WatchService, add_to_server
 from raftkv.mvcc import KVStore
 from raftkv.node.errors import NoLeaderError
 from raftkv.pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -75,7 +75,7 @@ async def serving(
     member = FakeMember(store, hub)
     server = grpc.aio.server()
     service = WatchService(member, max_response_bytes=max_response_bytes)  # type: ignore[arg-type]
-    rpc_pb2_grpc.add_WatchServicer_to_server(service, server)
+    add_to_server(service, server)  # as the member registers it: responses written as bytes
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -7,7 +7,10 @@ read; the queue then fills up and the watchable store moves the stream's watcher
 catching up from history, so a slow client costs a bounded amount of memory.
 
 Responses get the full etcd header here (cluster, member, term); the revision in it is the
-watch package's, kept as is even when it is 0 (etcd's compaction cancel). Watchers created
+watch package's, kept as is even when it is 0 (etcd's compaction cancel). Event responses come
+pre-encoded from the watch package and are written as bytes: the Watch method is registered
+with a response serializer that passes bytes through (`add_to_server`), and the header bytes
+are encoded once per revision and term for all streams (`HeaderEncoder`). Watchers created
 with `fragment=true` get large responses split at `max_response_bytes`, which is etcd's
 limit: --max-request-bytes plus the gRPC overhead allowance.
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -45,10 +48,57 @@ log = logging.getLogger(__name__)
 MAX_NO_LEADER_COUNT = 3
 
 
+class HeaderEncoder:
+    """Encoded ResponseHeaders filled by `fill` (MemberServer.fill_header), the revision kept as
+    given even when 0; the last one is reused while its revision and term are unchanged (the
+    cluster and member IDs are fixed by the time watches are served)."""
+
+    def __init__(self, fill: Callable[[rpc_pb2.ResponseHeader, int], None]) -> None:
+        self._fill = fill
+        self._key: tuple[int, int] | None = None
+        self._bytes = b""
+
+    def header(self, revision: int, term: int) -> bytes:
+        key = (revision, term)
+        if key != self._key:
+            header = rpc_pb2.ResponseHeader()
+            self._fill(header, revision)
+            header.revision = revision
+            self._bytes = header.SerializeToString()
+            self._key = key
+        return self._bytes
+
+
+def _serialize_response(response: rpc_pb2.WatchResponse | bytes) -> bytes:
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
+
+
+def add_to_server(service: WatchService, server: grpc.aio.Server) -> None:
+    """Register the Watch service like the generated `add_WatchServicer_to_server`, but with a
+    response serializer that sends pre-encoded responses (bytes) as they are."""
+    handlers = {
+        "Watch": grpc.stream_stream_rpc_method_handler(
+            service.Watch,
+            request_deserializer=rpc_pb2.WatchRequest.FromString,
+            response_serializer=_serialize_response,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", handlers),)
+    )
+    server.add_registered_method_handlers("etcdserverpb.Watch", handlers)
+    service.writes_bytes = True
+
+
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(self, server: MemberServer, *, max_response_bytes: int) -> None:
         self.server = server
         self.max_response_bytes = max_response_bytes
+        self._headers = HeaderEncoder(server.fill_header)
+        # Set by `add_to_server`; registered the generated way, the service writes messages.
+        self.writes_bytes = False
         self._leader_bound: set[WatchStream] = set()
         self._monitor: asyncio.Task[None] | None = None
 
@@ -75,15 +125,18 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 except Exception as error:
                     await abort_with(context, error)
                     raise  # unreachable: abort raises
-                response = item.response
-                revision = response.header.revision
-                self.server.fill_header(response.header, revision)
-                response.header.revision = revision
+                header = self._headers.header(item.revision, self.server.node.term)
                 with self._send_span(item):
                     if item.fragment:
+                        response = item.response
+                        response.header.MergeFromString(header)
                         for piece in split_fragments(response, self.max_response_bytes):
                             await context.write(piece)
+                    elif self.writes_bytes:
+                        await context.write(item.wire(header))
                     else:
+                        response = item.response
+                        response.header.MergeFromString(header)
                         await context.write(response)
         finally:
             reader.cancel()
@@ -98,7 +151,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             return contextlib.nullcontext()
         tracing = self.server.tracing
         assert tracing is not None
-        attributes = {"watch.id": item.response.watch_id, "watch.events": len(item.response.events)}
+        attributes = {"watch.id": item.watch_id, "watch.events": item.event_count}
         return tracing.span_under(item.trace, "watch.send", attributes)
 
     async def _read_requests(

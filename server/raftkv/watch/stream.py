@@ -17,16 +17,26 @@ etcd's rules for a stream, reproduced here:
   never slows down writes or other streams. Control responses (created, canceled, progress)
   are always queued, and `wait_for_room` makes the request reader stop reading requests while
   they pile up, as etcd's bounded control channel does.
+
+Event responses of the write path arrive pre-encoded (`push_encoded`): the watchable store
+encodes a revision's events once for all the watchers that get the same ones, and the handler
+sends header + watch ID + those bytes, so fan-out costs no protobuf work per watcher. Once a
+stream lags (`MERGE_AFTER_PENDING` responses queued), a watcher whose previous event response
+is still queued gets the new revision's events appended to it, up to `MERGE_LIMIT_BYTES`, as
+etcd batches a lagging watcher's revisions: fewer, larger writes, each revision still whole and
+in order. Nothing is merged across a control or progress response queued after it, so the
+order a client sees those in relative to the events is unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raftkv.pb.etcdserverpb import rpc_pb2
+from raftkv.pb.mvccpb.kv_pb2 import Event
 from raftkv.watch.watcher import FROM_KEY, Watcher
 
 if TYPE_CHECKING:
@@ -39,6 +49,10 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 # Watchers on one stream, and the bytes of their keys and range ends.
 MAX_WATCHERS = 10_000
 MAX_KEY_BYTES = 16 * 1024 * 1024
+# A lagging watcher's queued event response takes more revisions up to this size, once this
+# many responses wait on its stream (a client that keeps up gets one response per revision).
+MERGE_LIMIT_BYTES = 64 * 1024
+MERGE_AFTER_PENDING = 32
 
 AUTO_WATCH_ID = 0
 # etcd's texts for refused creates, sent in `cancel_reason`.
@@ -51,16 +65,82 @@ TOO_MANY_KEY_BYTES = (
 )
 
 
-@dataclass(slots=True)
-class Outgoing:
-    """A response waiting to be sent; its header carries only the revision."""
+# Wire tags of WatchResponse fields: header (1, bytes), watch_id (2, varint), events (11, bytes).
+_HEADER_TAG = b"\x0a"
+_WATCH_ID_TAG = b"\x10"
+_EVENTS_TAG = b"\x5a"
 
-    response: rpc_pb2.WatchResponse
+
+def _varint(value: int) -> bytes:
+    """Protobuf's varint; an int64 below 0 takes ten bytes, as two's complement."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """The `events` field of a WatchResponse holding `events`, as bytes to reuse."""
+    return rpc_pb2.WatchResponse(events=events).SerializeToString()
+
+
+@dataclass(slots=True, eq=False)
+class Outgoing:
+    """A response waiting to be sent: a message whose header carries only the revision, or
+    (`message` None) an event response kept as its encoded `events` field."""
+
+    message: rpc_pb2.WatchResponse | None
     # The watcher asked for large responses to be split into fragments.
     fragment: bool
     size: int
     # The span context of the traced write's watch.notify, when there is one.
     trace: Any = None
+    revision: int = 0
+    watch_id: int = 0
+    events: list[bytes] = field(default_factory=list)
+    event_count: int = 0
+    # Control/progress responses queued on the stream before this one (see `push_encoded`).
+    epoch: int = 0
+    # The watcher whose later events may still be added to this encoded response.
+    owner: Watcher | None = None
+
+    @classmethod
+    def of(
+        cls, response: rpc_pb2.WatchResponse, fragment: bool = False, trace: Any = None
+    ) -> Outgoing:
+        return cls(
+            response,
+            fragment,
+            response.ByteSize(),
+            trace,
+            revision=response.header.revision,
+            watch_id=response.watch_id,
+            event_count=len(response.events),
+        )
+
+    @property
+    def response(self) -> rpc_pb2.WatchResponse:
+        """The response as a message (decoded for an encoded one); its header has the revision."""
+        if self.message is None:
+            header = rpc_pb2.ResponseHeader(revision=self.revision).SerializeToString()
+            return rpc_pb2.WatchResponse.FromString(self.wire(header))
+        return self.message
+
+    def wire(self, header: bytes) -> bytes:
+        """The response as sent, `header` (an encoded ResponseHeader, whose revision should be
+        `revision`) merged into its header; call it once, when sending."""
+        message = self.message
+        if message is not None:
+            message.header.MergeFromString(header)
+            return message.SerializeToString()
+        parts = [_HEADER_TAG, _varint(len(header)), header]
+        if self.watch_id:
+            parts += [_WATCH_ID_TAG, _varint(self.watch_id)]
+        return b"".join(parts + self.events)
 
 
 def _response(revision: int, **fields: object) -> rpc_pb2.WatchResponse:
@@ -89,6 +169,10 @@ class WatchStream:
         self._next_id = 0
         self._pending: deque[Outgoing] = deque()
         self._pending_bytes = 0
+        # The queued encoded response of each watcher that has one, and how many control or
+        # progress responses were queued so far (a merge must not jump over one).
+        self._mergeable: dict[Watcher, Outgoing] = {}
+        self._epoch = 0
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._error: BaseException | None = None
@@ -175,12 +259,51 @@ class WatchStream:
         `trace` is passed on opaquely to the sender (`Outgoing.trace`)."""
         if self.full:
             return False
-        self._append(Outgoing(response, fragment, response.ByteSize(), trace))
+        self._epoch += 1
+        self._append(Outgoing.of(response, fragment, trace))
+        return True
+
+    def push_encoded(
+        self, watcher: Watcher, revision: int, events: bytes, count: int, trace: Any = None
+    ) -> bool:
+        """Queue `count` events of `revision` for `watcher`, encoded by `encode_events`: added
+        to its queued response when it has one (see the module docstring), else a new one.
+        False (nothing queued) if the queue is full."""
+        if self.full:
+            return False
+        queued = self._mergeable.get(watcher)
+        if (
+            queued is not None
+            and len(self._pending) >= MERGE_AFTER_PENDING
+            and queued.epoch == self._epoch
+            and queued.size + len(events) <= MERGE_LIMIT_BYTES
+        ):
+            queued.events.append(events)
+            queued.event_count += count
+            queued.revision = revision
+            queued.size += len(events)
+            self._pending_bytes += len(events)
+            return True
+        item = Outgoing(
+            None,
+            watcher.fragment,
+            len(events) + 16,
+            trace,
+            revision=revision,
+            watch_id=watcher.id,
+            events=[events],
+            event_count=count,
+            epoch=self._epoch,
+            owner=watcher,
+        )
+        self._mergeable[watcher] = item
+        self._append(item)
         return True
 
     def push_control(self, response: rpc_pb2.WatchResponse) -> None:
         """Queue a created / canceled / progress response, even over the bound."""
-        self._append(Outgoing(response, False, response.ByteSize()))
+        self._epoch += 1
+        self._append(Outgoing.of(response))
 
     def _append(self, item: Outgoing) -> None:
         self._pending.append(item)
@@ -197,6 +320,8 @@ class WatchStream:
         was_full = self.full
         item = self._pending.popleft()
         self._pending_bytes -= item.size
+        if item.owner is not None and self._mergeable.get(item.owner) is item:
+            del self._mergeable[item.owner]
         if was_full and not self.full:
             self._hub.stream_has_room()
         self._room.set()
@@ -220,6 +345,7 @@ class WatchStream:
         self._watchers.clear()
         self._key_bytes = 0
         self._pending.clear()
+        self._mergeable.clear()
         self._pending_bytes = 0
         self._room.set()
 

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from raftkv.pb.etcdserverpb import rpc_pb2
 from raftkv.pb.mvccpb.kv_pb2 import Event, KeyValue
-from raftkv.watch.stream import MAX_PENDING_BYTES, MAX_PENDING_RESPONSES, WatchStream
+from raftkv.watch.stream import (
+    MAX_PENDING_BYTES,
+    MAX_PENDING_RESPONSES,
+    WatchStream,
+    encode_events,
+)
 from raftkv.watch.watcher import FROM_KEY, State, Watcher, WatcherGroup
 
 if TYPE_CHECKING:
@@ -208,13 +213,16 @@ class WatchableStore:
             )
         trace = span.get_span_context() if span is not None else None
         without_prev: dict[int, Event] = {}
+        # Watchers of the same keys get the same events: encoded once for all of them.
+        encoded: dict[tuple[bool, tuple[int, ...]], bytes] = {}
         for watcher, batch in batches.items():
-            if not watcher.prev_kv:
-                batch = [_without_prev(event, without_prev) for event in batch]
-            response = rpc_pb2.WatchResponse(
-                header=rpc_pb2.ResponseHeader(revision=revision), watch_id=watcher.id, events=batch
-            )
-            if watcher.stream.push(response, watcher.fragment, trace):
+            shape = (watcher.prev_kv, tuple(map(id, batch)))
+            data = encoded.get(shape)
+            if data is None:
+                if not watcher.prev_kv:
+                    batch = [_without_prev(event, without_prev) for event in batch]
+                data = encoded[shape] = encode_events(batch)
+            if watcher.stream.push_encoded(watcher, revision, data, len(batch), trace):
                 watcher.progress_due = False
             else:
                 # A slow reader: drop the batch, catch up from history once it has read.
