@@ -178,19 +178,21 @@ def test_a_watcher_that_never_reads_holds_bounded_memory_and_then_gets_every_eve
     cluster: RaftKVCluster,
 ) -> None:
     member = cluster.members[0]
-    create = rpc_pb2.WatchRequest(
-        create_request=rpc_pb2.WatchCreateRequest(key=b"load/", range_end=b"load0")
-    )
     with grpc.insecure_channel(member.target) as channel:
         kv = rpc_pb2_grpc.KVStub(channel)
-        kv.Put(rpc_pb2.PutRequest(key=b"warm-up", value=b"v" * VALUE_BYTES), timeout=30)
+        warm_up = rpc_pb2.PutRequest(key=b"warm-up", value=b"v" * VALUE_BYTES)
+        revision = kv.Put(warm_up, timeout=30).header.revision
+        # From the next revision on, however late the member handles the creates.
+        create = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=b"load/", range_end=b"load0", start_revision=revision + 1
+            )
+        )
+        before = rss_bytes(member)
         client = RawWatchClient(member.target)
         try:
             client.handshake()
             client.open_watch([create] * WATCHERS)
-            # The member's memory with the deaf watchers in place, before the load.
-            time.sleep(0.5)
-            before = rss_bytes(member)
             expected = _write_load(kv)
             growth = rss_bytes(member) - before
             owed = WATCHERS * TXNS * PUTS_PER_TXN * VALUE_BYTES
