@@ -4,8 +4,10 @@ what each policy does, and the init steps the pods get while a recovery runs."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,3 +281,85 @@ def test_no_recovery_for_a_cluster_that_never_formed() -> None:
     body = _body("fromSurvivor")
     del body["status"]["clusterID"]
     assert asyncio.run(_recovery(_lost_cluster(), {}).check(body, print)) is None
+
+
+# ---- the init steps ------------------------------------------------------------------------
+
+
+def test_spec_restore_becomes_the_pods_init_step() -> None:
+    s3 = {"bucket": "bkt", "prefix": "a/b", "endpoint": "http://s3", "credentialsSecret": "c"}
+    body = {"spec": {"restore": {"s3": s3, "revision": 42}}, "status": {}}
+    step = restore.pod_init(body)
+    assert isinstance(step, restore.RestoreSource)
+    assert step.args() == [
+        "backup",
+        "s3://bkt/a/b",
+        "--s3-endpoint",
+        "http://s3",
+        "--revision",
+        "42",
+    ]
+    with pytest.raises(InvalidSpec, match="not both"):
+        restore.pod_init(
+            {"spec": {"restore": {"s3": s3, "revision": 1, "time": "2026-01-01T00:00:00Z"}}}
+        )
+    assert restore.pod_init({"spec": {}, "status": {}}) is None
+
+
+def _init_args(tmp_path: Path, state: str, *step: str) -> list[str]:
+    return [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--name",
+        "kv-1",
+        "--initial-cluster",
+        "kv-0=http://a:2380,kv-1=http://b:2380",
+        "--initial-cluster-state",
+        state,
+        "--initial-cluster-token",
+        "t",
+        "--initial-advertise-peer-urls",
+        "http://b:2380",
+        *step,
+    ]
+
+
+def test_init_steps_do_nothing_where_they_do_not_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(restore, "_ctl", lambda args: calls.append(list(args)) or 0)
+    backup = ["backup", "s3://b/p"]
+    # A member added later joins empty; it never restores.
+    assert restore.main(_init_args(tmp_path, "existing", *backup)) == 0
+    assert calls == []
+    # A founding member restores into its missing data dir...
+    assert restore.main(_init_args(tmp_path, "new", *backup)) == 0
+    assert calls[0][:3] == ["backup", "restore", "s3://b/p"]
+    assert calls[0][calls[0].index("--name") + 1] == "kv-1"
+    # ...but keeps the one it has.
+    (tmp_path / "data").mkdir()
+    assert restore.main(_init_args(tmp_path, "new", *backup)) == 0
+    assert len(calls) == 1
+    # The survivor step runs on the survivor only.
+    survivor = ["survivor", "--survivor", "kv-0", "--recovery-id", "r1"]
+    assert restore.main(_init_args(tmp_path, "existing", *survivor)) == 0
+    assert len(calls) == 1
+
+
+def test_backend_copy_folds_in_the_write_ahead_file(tmp_path: Path) -> None:
+    database = tmp_path / "db"
+    writer = sqlite3.connect(database)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)")
+    writer.executemany("INSERT INTO kv VALUES (?, ?)", [(f"k{i}", "v") for i in range(100)])
+    writer.commit()  # committed, but only in db-wal while the writer stays open
+    assert (tmp_path / "db-wal").stat().st_size > 0
+    out = tmp_path / "out"
+    out.mkdir()
+    copy = restore.self_contained_copy(database, out)
+    writer.close()
+    assert not (out / "db-wal").exists() or (out / "db-wal").stat().st_size == 0
+    with sqlite3.connect(copy) as reader:
+        assert reader.execute("SELECT count(*) FROM kv").fetchone() == (100,)
