@@ -13,9 +13,13 @@ sub-history is). What per-key checking cannot see — revisions going backwards 
 covered by `check_revision_order`, a linear sweep.
 
 Calls of unknown outcome return at infinity: they may be linearized anywhere after their
-invocation, and the model accepts any effect-consistent output for them, so placing them last
-stands for "it never happened". The search is bounded by a deadline; running out of time gives
-`Verdict.UNKNOWN`, which callers must report and never count as a pass.
+invocation, and placing them last stands for "it never happened". Where the effect of such a
+call depends on something the model does not know (a CAS on a revision a write of unknown
+outcome left unknown), the model keeps both possible states: the search's state is the set of
+states the linearized calls can have led to, as porcupine's nondeterministic models do.
+
+The search is bounded by a deadline; running out of time gives `Verdict.UNKNOWN`, which callers
+must report and never count as a pass.
 """
 
 from __future__ import annotations
@@ -189,24 +193,27 @@ def _read_matches(state: KeyState, r: Result) -> KeyState | None:
     return (value, r.mod_rev)
 
 
-def kv_step(state: KeyState, c: Call) -> KeyState | None:
-    """The etcd KV semantics of one call on one key."""
+def _kv_next(state: KeyState, c: Call) -> list[KeyState]:
+    """The etcd KV semantics of one call on one key: the states it can lead to from `state`
+    while producing its recorded result (none: it cannot; two: an unknown outcome that
+    depends on what the model does not know)."""
     op, r = c.op, c.result
     value, rev = state
     if op.kind is Kind.GET:
-        return state if r is None else _read_matches(state, r)
+        after = state if r is None else _read_matches(state, r)
+        return [] if after is None else [after]
     if op.kind is Kind.PUT:
         if r is None:
-            return (op.value, -1)
-        return (op.value, r.revision) if _newer(state, r.revision) else None
+            return [(op.value, -1)]
+        return [(op.value, r.revision)] if _newer(state, r.revision) else []
     if op.kind is Kind.DELETE:
         if r is None:
-            return (None, -1) if value is not None else state
+            return [(None, -1) if value is not None else state]
         if r.deleted != (0 if value is None else 1):
-            return None
+            return []
         if r.deleted:
-            return (None, r.revision) if _newer(state, r.revision) else None
-        return state if rev < 0 or r.revision >= rev else None
+            return [(None, r.revision)] if _newer(state, r.revision) else []
+        return [state] if rev < 0 or r.revision >= rev else []
     # A CAS transaction.
     if op.kind is Kind.CAS_VALUE:
         holds: bool | None = value is not None and value == op.expect
@@ -217,19 +224,31 @@ def kv_step(state: KeyState, c: Call) -> KeyState | None:
     else:
         holds = None if rev < 0 else rev == op.expect_rev
     if r is None:
-        # Unknown outcome: it either wrote or did nothing. Only a known-true condition forces
-        # the write; otherwise prefer "nothing" (unknown writes are normally resolved first).
-        return (op.value, -1) if holds else state
+        # Unknown outcome, and it ran: it wrote if the condition held, which may be unknown.
+        if holds is None:
+            return [(op.value, -1), state]
+        return [(op.value, -1)] if holds else [state]
     if r.succeeded:
         if holds is False or not _newer(state, r.revision):
-            return None
-        return (op.value, r.revision)
+            return []
+        return [(op.value, r.revision)]
     if holds is True:
-        return None
+        return []
     after = _read_matches(state, r)
     if after is None or (op.kind is Kind.CAS_REV and op.expect_rev and after[1] == op.expect_rev):
-        return None
-    return after
+        return []
+    return [after]
+
+
+# The search's state: every per-key state the calls linearized so far can have led to (a
+# call of unknown outcome may branch). A call is accepted if it fits at least one of them.
+KeyStates = frozenset[KeyState]
+INITIAL_STATES: KeyStates = frozenset({INITIAL})
+
+
+def kv_step(states: KeyStates, c: Call) -> KeyStates | None:
+    after = frozenset(n for state in states for n in _kv_next(state, c))
+    return after or None
 
 
 # ---- whole-history checks --------------------------------------------------------------------
@@ -238,7 +257,7 @@ def kv_step(state: KeyState, c: Call) -> KeyState | None:
 @dataclass
 class Report:
     verdict: Verdict
-    partitions: dict[str, PartitionResult[KeyState]]
+    partitions: dict[str, PartitionResult[KeyStates]]
     revision_violations: list[str]
 
     @property
@@ -297,7 +316,7 @@ def check_history(history: Sequence[Call], timeout: float = 60.0) -> Report:
             by_key[c.op.key].append(c)
     deadline = time.monotonic() + timeout
     partitions = {
-        key: check_partition(calls, INITIAL, kv_step, deadline)
+        key: check_partition(calls, INITIAL_STATES, kv_step, deadline)
         for key, calls in sorted(by_key.items())
     }
     verdicts = {p.verdict for p in partitions.values()}

@@ -239,3 +239,17 @@ def test_generated_histories_with_a_stale_read_fail(seed: int) -> None:
     history[history.index(read)] = Call(read.client, read.op, read.call, read.ret, stale_result)
     report = check_history(history, timeout=30)
     assert not report.ok, f"seed {seed}: stale read {read} -> {stale_result} not caught"
+
+
+def test_unknown_cas_on_an_unknown_revision_may_have_written() -> None:
+    # The put's outcome (and so the key's mod_revision) is unknown, so whether the CAS's
+    # condition held is unknown too: it may have written, as the read shows it did.
+    history = [
+        unknown(0, Op(Kind.PUT, "k", "a"), 0),
+        unknown(1, Op(Kind.CAS_REV, "k", "b", expect_rev=5), 1),
+        get(2, "k", 5, 6, "b", 7, 7),
+    ]
+    assert check_history(history).ok
+    # ...or not, if the read still sees the put.
+    history[2] = get(2, "k", 5, 6, "a", 5, 7)
+    assert check_history(history).ok
