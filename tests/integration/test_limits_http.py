@@ -1,5 +1,6 @@
 """The HTTP/1.1 loop bounds what one client can hold: a huge head gets 431, a body over the
-limit gets a 413, and a client that trickles its request is cut off."""
+limit gets a 413, a client that trickles its request is cut off, and a streamed gateway body
+holds a bounded number of requests."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import pytest
 from raftkv.api.http import HttpRouter, Request, Response
 from raftkv.api.http.conn import serve_connection
+from raftkv.api.http.gateway import MAX_STREAM_REQUESTS, BadRequest, parse_requests
+from raftkv.pb.etcdserverpb import rpc_pb2
 
 T = TypeVar("T")
 
@@ -100,3 +104,10 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_answer() -> None:
     received = serve(client, idle_timeout=0.5, request_timeout=10.0)
     assert received.startswith(b"HTTP/1.1 200 ")
     assert received.endswith(b'{"size":0}')
+
+
+def test_a_streamed_gateway_body_holds_a_bounded_number_of_requests() -> None:
+    watch = rpc_pb2.WatchRequest
+    assert len(parse_requests(b"{}" * MAX_STREAM_REQUESTS, watch)) == MAX_STREAM_REQUESTS
+    with pytest.raises(BadRequest, match="more than 1000 requests"):
+        parse_requests(b"{}" * (MAX_STREAM_REQUESTS + 1), watch)

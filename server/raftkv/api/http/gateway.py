@@ -20,6 +20,7 @@ only the JSON mapping, which is what this module is:
 - a streaming method answers one `{"result": {...}}` line per response message. Its body may
   hold several JSON request objects one after the other (a watch create and a cancel); a watch
   call stays open after them until the HTTP client goes away, a keep-alive ends with them.
+  One body holds at most MAX_STREAM_REQUESTS of them.
 
 The `Authorization` header is passed on as the `token` metadata raftkv's auth reads, as etcd's
 gateway passes it to its gRPC server.
@@ -47,6 +48,8 @@ from raftkv.pb.v3electionpb import v3election_pb2
 from raftkv.pb.v3lockpb import v3lock_pb2
 
 PREFIXES = ("/v3", "/v3beta")
+# Request objects in the body of one streaming call (watch creates, keep-alives).
+MAX_STREAM_REQUESTS = 1000
 
 # grpc-gateway 1.x's HTTP status for each gRPC code (observed on etcd 3.4 where reachable).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -187,7 +190,9 @@ def parse_request(body: bytes, cls: type[Message]) -> Message:
 
 
 def parse_requests(body: bytes, cls: type[Message]) -> list[Message]:
-    """The request messages of a streaming call: JSON objects one after another."""
+    """The request messages of a streaming call: JSON objects one after another, at most
+    MAX_STREAM_REQUESTS (a body of tiny objects would otherwise make a hundred times its size
+    in messages)."""
     try:
         text = body.decode()
     except UnicodeDecodeError as error:
@@ -205,6 +210,8 @@ def parse_requests(body: bytes, cls: type[Message]) -> list[Message]:
         except ValueError as error:
             raise BadRequest(str(error)) from error
         messages.append(_loads(_from_value, value, cls))
+        if len(messages) > MAX_STREAM_REQUESTS:
+            raise BadRequest(f"more than {MAX_STREAM_REQUESTS} requests in one body")
 
 
 def _from_value(value: object, cls: type[Message]) -> Message:
@@ -241,7 +248,7 @@ def _check_bytes(value: dict[str, Any], descriptor: Descriptor) -> None:
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
-    return field.label == FieldDescriptor.LABEL_REPEATED
+    return bool(field.is_repeated)
 
 
 @functools.cache
