@@ -358,7 +358,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="raftkv",
-        usage="raftkv [flags]",
+        usage="raftkv [flags]\n       raftkv grpc-proxy start [flags] (a proxy; see its --help)",
         description="A Raft-replicated key-value store serving the etcd v3 API. Every flag "
         "can also be set with its ETCD_* environment variable (--data-dir: ETCD_DATA_DIR).",
         allow_abbrev=False,
