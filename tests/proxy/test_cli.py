@@ -64,3 +64,12 @@ def test_mistakes_are_usage_errors(args: list[str], capsys: pytest.CaptureFixtur
         parse_proxy_args(args)
     assert main(args) == 2
     assert capsys.readouterr().err.startswith("raftkv grpc-proxy: error: ")
+
+
+def test_the_raftkv_command_hands_grpc_proxy_to_the_proxy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from raftkv.cli.server import main as raftkv_main
+
+    assert raftkv_main(["grpc-proxy", "start", "--resolver-ttl=-1"]) == 2
+    assert capsys.readouterr().err.startswith("raftkv grpc-proxy: error: ")
