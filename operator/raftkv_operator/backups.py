@@ -241,7 +241,8 @@ def requested_backup(annotations: Mapping[str, str], status: Mapping[str, Any]) 
 
 @dataclass(frozen=True)
 class BackupResult:
-    """One finished attempt: `info` is the engine's metadata on success, `error` otherwise."""
+    """One finished attempt: `info` is the engine's metadata on success, `error` says why it
+    failed (or, next to `info`, why the retention rules could not be applied after it)."""
 
     finished: datetime
     info: Mapping[str, Any] | None = None
@@ -419,7 +420,11 @@ class BackupRunner:
                         prune += ["--keep-last", str(keep_last)]
                     if max_age is not None:
                         prune += ["--max-age", max_age]
-                    await self.ctl(prune, env)
+                    try:
+                        await self.ctl(prune, env)
+                    except BackupFailed as error:
+                        # The backup itself is stored and complete: report it as such.
+                        return BackupResult(self.clock(), info=info, error=str(error))
         except BackupFailed as error:
             return BackupResult(self.clock(), error=str(error))
         return BackupResult(self.clock(), info=info)
@@ -564,6 +569,8 @@ async def tick(
             f"{why} backup at revision {done['revision']} ({done['size']} bytes) "
             f"stored as {done['object']}",
         )
+        if result.error:
+            events("Warning", "RetentionFailed", f"old backups not pruned: {result.error}")
     else:
         events("Warning", "BackupFailed", f"{why} backup failed: {result.error}")
     return status_after(result, bucket=spec.s3.bucket, status=status, slot=slot, request=request)

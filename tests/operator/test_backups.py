@@ -17,6 +17,7 @@ from raftkv_operator.backups import (
     BackupResult,
     BackupRunner,
     CronSchedule,
+    S3Target,
     backup_due,
     credentials_env,
     member_endpoints,
@@ -243,3 +244,16 @@ def test_tick_reports_a_missing_secret_as_a_failed_backup() -> None:
     assert "lastScheduledBackup" not in patch
     assert events[0][:2] == ("Warning", "BackupFailed")
     assert "'creds' does not exist" in events[0][2]
+
+
+def test_a_failed_prune_does_not_hide_the_stored_backup() -> None:
+    async def ctl(args: Sequence[str], env: Mapping[str, str]) -> str:
+        if "prune" in args:
+            raise BackupFailed("cannot delete from s3://b/c/: AccessDenied")
+        return json.dumps(INFO)
+
+    runner = BackupRunner(ctl=ctl, clock=lambda: t("2026-01-01 11:00"))
+    target = S3Target("b", "c", credentials_secret="creds")
+    result = asyncio.run(runner.backup(target, {}, ["10.0.0.1:2379"], keep_last=1))
+    assert result.ok and result.info is not None and result.info["revision"] == 42
+    assert "AccessDenied" in result.error
