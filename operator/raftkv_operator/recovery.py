@@ -138,9 +138,9 @@ def _format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def member_status(
-    ip: str, tls: TLSConfig | None
-) -> tuple[int, bool] | None:  # (applied index, knows a leader)
+async def member_status(ip: str, tls: TLSConfig | None) -> tuple[int, bool] | None:
+    """(applied index, whether it knows a leader) of the member at the pod IP `ip`, None when
+    it does not answer. Status is served by the member alone, without a quorum."""
     scheme = "https" if tls else "http"
     url = f"{scheme}://{ip}:{CLIENT_PORT}"
     try:
@@ -159,6 +159,7 @@ def voter_views(
     statuses: Mapping[int, tuple[int, bool] | None],
     now: datetime,
 ) -> list[VoterView]:
+    """The voters (ordinals) as their pods, claims and Status answers (by ordinal) show them."""
     by_pod = {names.ordinal_of_pod(p["metadata"]["name"]): p for p in pods}
     by_claim = {names.ordinal_of_volume(c["metadata"]["name"]): c for c in claims}
     views = []
