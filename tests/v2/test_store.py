@@ -143,6 +143,18 @@ def test_in_order_keys_are_named_by_their_index_and_stay_ordered_under_races(
     assert [n["value"] for n in listed] == ["1", "2"]
 
 
+def test_an_in_order_key_is_renamed_when_its_directory_got_a_child_first(v3: AppliedV3) -> None:
+    """Otherwise a key named before another could be created after it, and a consumer that
+    read up to the other one would never see it."""
+    store = V2Store(v3)
+    run(store.create_in_order("/q", value="1", is_dir=False, ttl=None))
+    v3.before_write = competing(v3, "/q/other", "x")
+    late = run(store.create_in_order("/q", value="2", is_dir=False, ttl=None))
+    assert late.node["key"] == f"/q/{late.index:020d}"  # decided again after the other child
+    listed = run(store.get("/q", recursive=False, sort=True)).node["nodes"]
+    assert [n["value"] for n in listed] == ["1", "2", "x"]
+
+
 def test_writes_create_missing_parents_in_the_same_revision(v3: AppliedV3) -> None:
     store = V2Store(v3)
     result = put(store, "/a/b/c", "1")

@@ -127,6 +127,7 @@ class Plan:
     ttl: int | None
     prev: Node | None
     refresh: bool = False
+    in_order: bool = False  # an in-order key: its directory must get no other child first
     lease: int = 0  # chosen when the txn is built
     expiry_ns: int | None = None
 
@@ -253,7 +254,8 @@ class V2Store:
             snap.check_parents(path)
             return Plan("set", path, is_dir, value, None, ttl, node)
 
-        return await self._write(path, decide, subtree="keys" if is_dir or prev_exist else "")
+        # An update may move a directory's lease, and the keys that share it with it.
+        return await self._write(path, decide, subtree="keys" if prev_exist else "")
 
     async def create_in_order(
         self, directory: str, *, value: str, is_dir: bool, ttl: int | None
@@ -263,11 +265,13 @@ class V2Store:
             if node is not None and not node.is_dir:
                 raise snap.error(NOT_DIR, directory)
             snap.check_parents(directory)
-            # The next revision is this write's own when nothing else gets in first; when
-            # something does, the name is still unique (guarded) and in order.
+            # The next revision is this write's own when nothing else gets in first. When
+            # something does, the name is smaller than the key's createdIndex, but still
+            # unique and in commit order: the txn requires that no child of the directory was
+            # created since the snapshot (see `_put_txn`).
             name = f"{snap.revision + 1:020d}"
             path = (directory.rstrip("/") or "") + "/" + name
-            return Plan("create", path, is_dir, value, None, ttl, None)
+            return Plan("create", path, is_dir, value, None, ttl, None, in_order=True)
 
         return await self._write(directory, decide)
 
@@ -315,9 +319,7 @@ class V2Store:
                 if plan.ttl and not granted:
                     granted = await self._v3.lease_grant(plan.ttl)
                 request = (
-                    self._delete_txn(snap, plan)
-                    if deleting
-                    else self._put_txn(snap, plan, granted, read_path)
+                    self._delete_txn(snap, plan) if deleting else self._put_txn(snap, plan, granted)
                 )
                 response = await self._v3.txn(request)
                 if response.succeeded:
@@ -341,7 +343,7 @@ class V2Store:
         with contextlib.suppress(V2Error):
             await self._v3.lease_revoke(lease)
 
-    def _put_txn(self, snap: Snapshot, plan: Plan, own_lease: int, read_path: str) -> Any:
+    def _put_txn(self, snap: Snapshot, plan: Plan, own_lease: int) -> Any:
         now = mapping.now_ns()
         inherited, inherited_expiry = snap.inherited_lease(plan.path)
         lease, expiry = inherited, None
@@ -365,10 +367,20 @@ class V2Store:
             written_ns=now,
         )
         ops.append(_put(mapping.node_key(plan.path), encoded, lease))
-        guarded = [*mapping.ancestors(plan.path), plan.path]
-        if read_path != ROOT and read_path not in guarded:
-            guarded.append(read_path)
-        compares = snap.guards(guarded)
+        # What was read (the target or, for in-order keys, their directory, an ancestor) and
+        # the new key, which must still be absent.
+        compares = snap.guards([*mapping.ancestors(plan.path), plan.path])
+        if plan.in_order:
+            start, end = mapping.subtree_range(mapping.parent(plan.path))
+            compares.append(
+                rpc_pb2.Compare(
+                    key=start,
+                    range_end=end,
+                    target=rpc_pb2.Compare.CREATE,
+                    result=rpc_pb2.Compare.LESS,
+                    create_revision=snap.revision + 1,
+                )
+            )
         old = plan.prev.lease if plan.prev is not None and plan.prev.is_dir else 0
         if plan.prev is not None and plan.prev.is_dir and old != lease:
             # Keys that shared the directory's lease follow it to its new one.
