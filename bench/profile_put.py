@@ -10,7 +10,10 @@ per Put read from /proc and the share of samples in each stage of the write path
     .venv/bin/python -m bench.profile_put [--puts 6000] [--clients 64] [--out DIR]
 
 The stage of a sample is the first rule (in STAGES order) whose pattern appears in its stack,
-so a Put handler that proposes is counted under the innermost named stage it was in.
+so a Put handler that proposes is counted under the innermost named stage it was in; the
+write-path table (PATH_STAGES) instead charges a sample to the stage it runs under, converted
+to microseconds of the member's CPU per Put (py-spy --gil samples only the thread holding the
+GIL, so time in C without it (fsync, epoll, grpc's core threads) is spread over the stages).
 """
 
 from __future__ import annotations
@@ -24,12 +27,30 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from raftkv.pb.etcdserverpb import rpc_pb2
 
 from bench.clusters import Kind, start_cluster
 from bench.load import RPC_TIMEOUT_S, Client, leader_target
+
+# Write-path stages by the function a sample runs under (first match in this order, anywhere
+# in the stack): what a stage costs including everything it calls.
+PATH_STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("apply (mvcc, sqlite, lease, watch)", ("RaftNode._apply ",)),
+    ("WAL write + fsync (worker thread)", ("GroupCommitWAL._write_batch",)),
+    ("WAL group commit (loop side)", ("GroupCommitWAL._flush_loop",)),
+    ("peer send (batch, grpc write)", ("PeerTransport._run_writer",)),
+    ("peer receive + Raft step", ("PeerService.Stream",)),
+    ("client RPC (handler, quota, propose, reply)", ("KVService.", "_unary.<locals>.handle")),
+    ("Ready loop (Raft output, rest)", ("RaftNode._ready_loop",)),
+    ("tick + read loops", ("RaftNode._tick_loop", "RaftNode._read_loop")),
+    ("watch (catch-up, progress)", ("WatchableStore._sync_loop", "WatchableStore._progress")),
+]
+# Samples whose innermost frame is the event loop running a callback with no Python frame of
+# its own: grpc.aio's Cython completion callbacks.
+GRPC_CALLBACK = "Handle._run (asyncio/events.py"
 
 # (stage, substrings of a frame "function (file)") — checked innermost-first over each stack.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
@@ -57,13 +78,23 @@ def classify(stack: str) -> str:
     return "other"
 
 
-def summarize(raw: Path) -> dict[str, float]:
+def classify_path(stack: str) -> str:
+    """The write-path stage (PATH_STAGES) of one collapsed py-spy stack."""
+    for stage, patterns in PATH_STAGES:
+        if any(p in stack for p in patterns):
+            return stage
+    if stack.rsplit(";", 1)[-1].startswith(GRPC_CALLBACK):
+        return "grpc.aio callbacks (Cython, no Python frame)"
+    return "event loop, other"
+
+
+def summarize(raw: Path, by: Callable[[str], str] = classify) -> dict[str, float]:
     """Shares of samples per stage from a py-spy raw (collapsed) file."""
     counts: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if stack and n.isdigit():
-            counts[classify(stack)] += int(n)
+            counts[by(stack)] += int(n)
     total = sum(counts.values()) or 1
     return {stage: counts[stage] / total for stage in sorted(counts, key=lambda s: -counts[s])}
 
@@ -132,9 +163,17 @@ def main() -> None:
                 "cpu_us_per_put_all_members": round(sum(cpu.values()) / args.puts * 1e6),
             }
             if not args.no_spy:
-                report["stages"] = {
-                    f.stem: {k: round(v, 3) for k, v in summarize(f).items()}
-                    for f in sorted(out.glob("m*.txt"))
+                files = sorted(out.glob("m*.txt"))
+                per_put = {m.name: cpu[m.name] / args.puts * 1e6 for m in cluster.members}
+                report["write_path_us_per_put"] = {
+                    f.stem: {
+                        k: round(v * per_put[f.stem.split("-")[0]])
+                        for k, v in summarize(f, classify_path).items()
+                    }
+                    for f in files
+                }
+                report["innermost_module_shares"] = {
+                    f.stem: {k: round(v, 3) for k, v in summarize(f).items()} for f in files
                 }
                 report["py_spy_files"] = str(out)
             print(json.dumps(report, indent=2))

@@ -28,7 +28,7 @@ from raftkv.api.lease import LeaseService
 from raftkv.api.lock import LockService
 from raftkv.api.maintenance import MaintenanceService
 from raftkv.api.v2keys import V2KeysApi
-from raftkv.api.watch import WatchService
+from raftkv.api.watch import WatchService, add_to_server
 from raftkv.node.config import ServerConfig
 from raftkv.node.errors import DataDirError
 from raftkv.node.server import MemberServer
@@ -100,7 +100,7 @@ def build_grpc_server(
     watch = WatchService(
         member, max_response_bytes=member.config.max_request_bytes + GRPC_OVERHEAD_BYTES
     )
-    rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
+    add_to_server(watch, server)  # event responses are written pre-encoded
     v3lock_pb2_grpc.add_LockServicer_to_server(LockService(member), server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(member), server)
     if server.add_insecure_port(listen) == 0:
