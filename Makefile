@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run test lint proto bench robustness-long fuzz clean system-deps minio e2e-tools e2e-local e2e-kind
+.PHONY: run test lint proto bench robustness-long fuzz clean system-deps minio chart-tools e2e-tools e2e-local e2e-kind
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,20 @@ e2e-kind: $(STAMP)
 	  E2E_HELM_ARGS="$(E2E_KIND_HELM_ARGS)" $(E2E_PYTEST); \
 	  rc=$$?; kind delete cluster --name $(E2E_KIND_NAME); exit $$rc
 
+# The chart test (tests/chart) renders the chart with Helm and validates the manifests against
+# Kubernetes' OpenAPI document (api/openapi-spec of the k8s.io/kubernetes Go module). Both pinned,
+# both kept in the ignored .tools/; Helm's pin is the one e2e/local/build-tools.sh uses.
+HELM_VERSION := v3.16.4
+KUBE_SCHEMA_VERSION := v1.33.13
+chart-tools: .tools/bin/helm .tools/k8s-openapi/$(KUBE_SCHEMA_VERSION)/swagger.json
+.tools/bin/helm:
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS="-trimpath -buildvcs=false" go install -ldflags="-s -w" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	echo $(HELM_VERSION) > .tools/bin/helm.version
+.tools/k8s-openapi/%/swagger.json:
+	mkdir -p $(@D)
+	dir=$$(cd $(@D) && GOFLAGS= go mod download -json k8s.io/kubernetes@$* | sed -n 's/^\s*"Dir": "\(.*\)",$$/\1/p') && \
+	  cp "$$dir/api/openapi-spec/swagger.json" $@
+
 run: $(STAMP)
 	$(PY) -m raftkv.cli.localcluster
 
@@ -76,7 +90,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check server operator tests bench
 	$(BIN)/lint-imports
 
-test: $(STAMP) system-deps minio lint
+test: $(STAMP) system-deps minio chart-tools lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 proto: $(STAMP)
