@@ -195,28 +195,7 @@ async def run(root: Path, settings: Settings) -> Outcome:
 
             load.append(asyncio.create_task(track_revision()))
             outcome.problems += await _inject_faults(h, compactor, settings)
-            h.note("faults over: repairing")
-            await h.repair_all()
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*load, return_exceptions=True), _SETTLE_S)
-            final = await _final_put(endpoints)
-            h.note(f"load stopped; final revision {final}")
-            for w in watchers:
-                w.finish_at(final)
-            try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(w.reached.wait() for w in watchers)), _SETTLE_S
-                )
-            except TimeoutError:
-                outcome.problems.append(
-                    "watchers did not receive the final revision: "
-                    + ", ".join(f"{w.log.name} at {w.seen_through}" for w in watchers)
-                )
-            for task in watching:
-                task.cancel()
-            await asyncio.gather(*watching, return_exceptions=True)
-            outcome.problems += await _check_members(endpoints, final, durable)
-            h.note("members checked")
+            final = await _settle(h, stop, load, watchers, watching, durable, outcome.problems)
         finally:
             for ep in endpoints:
                 await ep.close()
@@ -226,7 +205,7 @@ async def run(root: Path, settings: Settings) -> Outcome:
     watch_report = check_watches(logs, history, KEY_PREFIX, compacted=compacted)
     outcome.problems += [f"watch: {v}" for v in watch_report.violations]
     outcome.problems += [f"lock: {v}" for v in check_lock_fencing(watch_report.merged, lockers)]
-    complete = watch_report.covered[:1] == [(2, final)]
+    complete = final is not None and watch_report.covered[:1] == [(2, final)]
     checked = resolve_unknown_writes(history, watch_report.put_revisions) if complete else history
     if not complete:
         outcome.problems.append(
@@ -244,6 +223,49 @@ async def run(root: Path, settings: Settings) -> Outcome:
     (report_dir / "report.txt").write_text(text + "\n")
     outcome.report_path = report_dir / "report.txt"
     return outcome
+
+
+async def _settle(
+    h: Harness,
+    stop: asyncio.Event,
+    load: list[asyncio.Task[None]],
+    watchers: list[Watcher],
+    watching: list[asyncio.Task[None]],
+    durable: DurableWriter,
+    problems: list[str],
+) -> int | None:
+    """Repair everything, stop the load, make the final write and wait until both full
+    watchers received it; then check the members. Returns the final revision, None (and a
+    problem) if the cluster did not settle."""
+    endpoints = durable.endpoints
+    try:
+        h.note("faults over: repairing")
+        await h.repair_all()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*load, return_exceptions=True), _SETTLE_S)
+        final = await _final_put(endpoints)
+        h.note(f"load stopped; final revision {final}")
+        for w in watchers:
+            w.finish_at(final)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.reached.wait() for w in watchers)), _SETTLE_S)
+        except TimeoutError:
+            problems.append(
+                "watchers did not receive the final revision: "
+                + ", ".join(f"{w.log.name} at {w.seen_through}" for w in watchers)
+            )
+        problems += await _check_members(endpoints, final, durable)
+        h.note("members checked")
+        return final
+    except (TimeoutError, RuntimeError, grpc.aio.AioRpcError) as error:
+        h.note(f"settling failed: {error!r}")
+        problems.append(f"the cluster did not settle after the faults: {error}")
+        return None
+    finally:
+        stop.set()
+        for task in watching:
+            task.cancel()
+        await asyncio.gather(*watching, return_exceptions=True)
 
 
 async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -> list[str]:
@@ -279,7 +301,7 @@ async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -
                 # A member that does not come back, or a change never accepted: a finding.
                 h.note(f"{name} failed: {error}")
                 problems.append(f"fault {name!r} could not be repaired: {error}")
-                await h.repair_all()
+                return problems  # settling repairs what it can and reports the rest
             await asyncio.sleep(h.rng.uniform(0.5, 1.5))
     return problems
 
