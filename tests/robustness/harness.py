@@ -86,7 +86,9 @@ class Harness:
     # ---- looking at the cluster ----------------------------------------------------------------
 
     def note(self, text: str) -> None:
-        self.timeline.append(f"{time.monotonic() - self.started:8.2f}s {text}")
+        now = time.monotonic()
+        # Relative for reading, absolute (monotonic) to find the moment in history.txt.
+        self.timeline.append(f"{now - self.started:8.2f}s (t={now:.2f}) {text}")
 
     @property
     def voters(self) -> list[RaftKVMember]:
