@@ -320,6 +320,7 @@ async def watch_fanout(cluster: Cluster, profile: Profile) -> list[Metric]:
 
             # Phase 1: burst.
             burst_start = time.perf_counter()
+            cpu_before = cluster.cpu_seconds()
             remaining = profile.watch_burst
 
             async def burst_writer(i: int) -> None:
@@ -331,6 +332,7 @@ async def watch_fanout(cluster: Cluster, profile: Profile) -> list[Metric]:
             await asyncio.gather(*(burst_writer(i) for i in range(16)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(phases[1].done.wait(), drain_timeout)
+            burst_cpu = cluster.cpu_seconds() - cpu_before
             for task in readers:
                 if task.done() and task.exception() is not None:
                     raise RuntimeError("a watch stream failed") from task.exception()
@@ -359,6 +361,12 @@ async def watch_fanout(cluster: Cluster, profile: Profile) -> list[Metric]:
         ),
         Metric(
             "burst: events delivered", 100 * burst.received / burst.expected, "%", Better.HIGHER
+        ),
+        Metric(
+            "burst: member CPU per delivered event",
+            burst_cpu / max(burst.received, 1) * 1e6,
+            "us",
+            Better.LOWER,
         ),
     ]
 
