@@ -223,6 +223,12 @@ class V2Store:
             if path == ROOT:
                 raise snap.error(ROOT_READ_ONLY, ROOT)
             node = snap.node(path)
+            # etcd's order: prevExist=false is a create whatever else is given.
+            if prev_exist is False:
+                if node is not None:
+                    raise snap.error(NODE_EXIST, path)
+                snap.check_parents(path)
+                return Plan("create", path, is_dir, value, None, ttl, None)
             if prev_value is not None or prev_index:
                 if node is None:
                     raise snap.missing(path)
@@ -240,11 +246,6 @@ class V2Store:
                     raise snap.error(NOT_FILE, path)
                 new = node.value if refresh else ("" if node.is_dir else value)
                 return Plan("update", path, node.is_dir, new, node.created, ttl, node, refresh)
-            if prev_exist is False:
-                if node is not None:
-                    raise snap.error(NODE_EXIST, path)
-                snap.check_parents(path)
-                return Plan("create", path, is_dir, value, None, ttl, None)
             if node is not None and node.is_dir:
                 raise snap.error(NOT_FILE, path)
             if refresh:
@@ -316,8 +317,9 @@ class V2Store:
             for _ in range(MAX_ATTEMPTS):
                 snap = await self._read(read_path, subtree=subtree)
                 plan: Plan = decide(snap)
-                if plan.ttl and not granted:
-                    granted = await self._v3.lease_grant(plan.ttl)
+                if plan.ttl is not None and not granted:
+                    # TTL 0 is "expired now": the shortest lease removes the node.
+                    granted = await self._v3.lease_grant(max(plan.ttl, 1))
                 request = (
                     self._delete_txn(snap, plan) if deleting else self._put_txn(snap, plan, granted)
                 )
@@ -347,7 +349,7 @@ class V2Store:
         now = mapping.now_ns()
         inherited, inherited_expiry = snap.inherited_lease(plan.path)
         lease, expiry = inherited, None
-        if plan.ttl:
+        if plan.ttl is not None:
             expiry = now + plan.ttl * 1_000_000_000
             # A node inside an expiring directory goes with it, whichever ends first.
             if not inherited or inherited_expiry is None or expiry <= inherited_expiry:
