@@ -228,6 +228,13 @@ def test_ttl_refresh_expiry_and_waits(pair: Pair) -> None:
     )
     pair.same_wait(("{E}/v2/keys/t?wait=true&recursive=true",), "{E}/v2/keys/t/q", "-XPOST")
     pair.same_wait(("{E}/v2/keys/t/w?wait=true",), "{E}/v2/keys/t/w?prevValue=b", "-XDELETE")
+    # hidden nodes are no events for recursive waits; a directory's delete is one for its keys
+    same("{E}/v2/keys/t/v/_hidden", "-XPUT", "-d", "value=1", save="hidden")
+    same("{E}/v2/keys/t/v/seen", "-XPUT", "-d", "value=1")
+    same("{E}/v2/keys/t/v?wait=true&recursive=true&waitIndex={hidden}")
+    pair.same_wait(
+        ("{E}/v2/keys/t/v/seen?wait=true",), "{E}/v2/keys/t/v?recursive=true", "-XDELETE"
+    )
 
 
 def _etcd_fill_history(url: str) -> None:

@@ -235,12 +235,14 @@ class EventMatcher:
     only that path's event counts (not the parents it created nor the children a recursive
     delete removed). Deletes at a revision without an action are lease expiries; of those,
     only the outermost deleted node is an event, as in v2. A watcher of a path also hears the
-    deletion of a directory above it.
+    deletion of a directory above it. Hidden nodes are no events for a recursive watcher,
+    except in the history up to `history_until` (etcd filters them only when notifying).
     """
 
-    def __init__(self, path: str, *, recursive: bool) -> None:
+    def __init__(self, path: str, *, recursive: bool, history_until: int = 0) -> None:
         self._path = path
         self._recursive = recursive
+        self._history_until = history_until
         self._revision = 0
         self._action: tuple[str, str] | None = None
         self._expired: list[str] = []
@@ -292,4 +294,6 @@ class EventMatcher:
             return True
         if deleted_dir and under(self._path, path):
             return True
-        return self._recursive and under(path, self._path) and not is_hidden(path, self._path)
+        if not (self._recursive and under(path, self._path)):
+            return False
+        return self._revision <= self._history_until or not is_hidden(path, self._path)

@@ -477,12 +477,10 @@ class V2Store:
         except BaseException:
             await _close(responses)
             raise
-        return (
-            header.revision,
-            header.raft_term,
-            header.cluster_id,
-            self._first(path, recursive, responses),
-        )
+        # What happened up to the watch's creation is history; later events are notified.
+        matcher = mapping.EventMatcher(path, recursive=recursive, history_until=header.revision)
+        events = self._first(matcher, responses)
+        return header.revision, header.raft_term, header.cluster_id, events
 
     async def _check_history(
         self, responses: AsyncIterator[rpc_pb2.WatchResponse], wait_index: int, current: int
@@ -513,9 +511,8 @@ class V2Store:
 
     @staticmethod
     async def _first(
-        path: str, recursive: bool, responses: AsyncIterator[rpc_pb2.WatchResponse]
+        matcher: mapping.EventMatcher, responses: AsyncIterator[rpc_pb2.WatchResponse]
     ) -> AsyncIterator[dict[str, Any]]:
-        matcher = mapping.EventMatcher(path, recursive=recursive)
         try:
             async for response in responses:
                 if response.canceled:
