@@ -146,6 +146,7 @@ def test_kv_requests_then_a_clean_replay_hashes_the_same(
                     applied.append((path, requests[0]))
 
         fuzz(body, calls(KV_PATHS), examples=60)
+    assert_no_traceback(member)
     assert applied, "no write succeeded: the fuzzer only exercised refusals"
     with start_raftkv_cluster(tmp_path, size=1) as clean:
         with grpc.insecure_channel(clean.members[0].target) as channel:
@@ -165,6 +166,7 @@ def test_every_other_request_type_gets_an_answer(cluster: RaftKVCluster) -> None
 
         fuzz(body, calls(OTHER_PATHS), examples=80)
         assert_still_serving(channel)
+    assert_no_traceback(member)
 
 
 # The calls that end on their own (not a watch, an observation, a lock or a campaign).
@@ -205,6 +207,7 @@ def test_gateway_bodies_get_json_answers(cluster: RaftKVCluster) -> None:
     fuzz(body, gateway_bodies(), examples=80)
     with grpc.insecure_channel(member.target) as channel:
         assert_still_serving(channel)
+    assert_no_traceback(member)
 
 
 def assert_still_serving(channel: grpc.Channel) -> None:
@@ -222,3 +225,9 @@ def assert_still_serving(channel: grpc.Channel) -> None:
     kv = rpc_pb2_grpc.KVStub(channel)
     kv.Put(rpc_pb2.PutRequest(key=b"still-serving", value=b"yes"), timeout=DEADLINE_S)
     assert kv.Range(rpc_pb2.RangeRequest(key=b"still-serving"), timeout=DEADLINE_S).count == 1
+
+
+def assert_no_traceback(member: RaftKVMember) -> None:
+    """Nothing failed inside the member that its error handling did not expect."""
+    log = member.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[max(0, log.index("Traceback") - 2000) :][:6000]
