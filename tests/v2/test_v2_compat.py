@@ -192,14 +192,14 @@ def test_sets_gets_dirs_compare_and_errors(pair: Pair) -> None:
 
 def test_ttl_refresh_expiry_and_waits(pair: Pair) -> None:
     same = pair.same
-    same("{E}/v2/keys/t/k", "-XPUT", "-d", "value=one", "-d", "ttl=2", save="set")
+    same("{E}/v2/keys/t/k", "-XPUT", "-d", "value=one", "-d", "ttl=5", save="set")
     same("{E}/v2/keys/t/k")
-    same("{E}/v2/keys/t/k", "-XPUT", "-d", "ttl=3", "-d", "refresh=true", save="refresh")
-    same("{E}/v2/keys/t/k?prevExist=true", "-XPUT", "-d", "ttl=3", "-d", "refresh=true")
-    same("{E}/v2/keys/t/k?prevValue=one", "-XPUT", "-d", "ttl=3", "-d", "refresh=true")
-    same("{E}/v2/keys/t/k?prevValue=two", "-XPUT", "-d", "ttl=3", "-d", "refresh=true")
-    same("{E}/v2/keys/t/missing", "-XPUT", "-d", "ttl=3", "-d", "refresh=true")
-    same("{E}/v2/keys/t", "-XPUT", "-d", "ttl=3", "-d", "refresh=true")
+    same("{E}/v2/keys/t/k", "-XPUT", "-d", "ttl=6", "-d", "refresh=true", save="refresh")
+    same("{E}/v2/keys/t/k?prevExist=true", "-XPUT", "-d", "ttl=6", "-d", "refresh=true")
+    same("{E}/v2/keys/t/k?prevValue=one", "-XPUT", "-d", "ttl=6", "-d", "refresh=true")
+    same("{E}/v2/keys/t/k?prevValue=two", "-XPUT", "-d", "ttl=6", "-d", "refresh=true")
+    same("{E}/v2/keys/t/missing", "-XPUT", "-d", "ttl=6", "-d", "refresh=true")
+    same("{E}/v2/keys/t", "-XPUT", "-d", "ttl=6", "-d", "refresh=true")
     same("{E}/v2/keys/t/zero", "-XPUT", "-d", "value=1", "-d", "ttl=0")  # expired at once
     pair.until_gone("/t/k")
     pair.until_gone("/t/zero")
@@ -207,7 +207,7 @@ def test_ttl_refresh_expiry_and_waits(pair: Pair) -> None:
     same("{E}/v2/keys/t/k?wait=true&waitIndex={set}")
     same("{E}/v2/keys/t/k?wait=true&waitIndex={refresh}")  # refreshes are not events
     # a directory with a TTL takes its children with it
-    same("{E}/v2/keys/t/d?dir=true&ttl=2", "-XPUT", save="dir")
+    same("{E}/v2/keys/t/d?dir=true&ttl=4", "-XPUT", save="dir")
     same("{E}/v2/keys/t/d/c", "-XPUT", "-d", "value=1", save="child")
     same("{E}/v2/keys/t/d?recursive=true")
     pair.until_gone("/t/d")
