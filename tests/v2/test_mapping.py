@@ -194,6 +194,8 @@ def request(method: str, target: str, body: str = "") -> Request:
         ("POST", "/v2/keys/a?wait=true", "", 209, '"wait" can only be used with GET requests'),
         ("PUT", "/v2/keys/a", "refresh=1&ttl=5&value=1", 211, "A value was provided on a refresh"),
         ("PUT", "/v2/keys/a", "refresh=true", 212, "No TTL value set"),
+        ("PUT", "/v2/keys/a", "value=%zz", 210, 'invalid URL escape "%zz"'),
+        ("PUT", "/v2/keys/a?value=%z", "", 210, 'invalid URL escape "%z"'),
         # the index is checked before the TTL, as in etcd
         ("PUT", "/v2/keys/a?prevIndex=x", "ttl=x", 203, 'invalid value for "prevIndex"'),
     ],

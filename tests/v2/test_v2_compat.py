@@ -173,6 +173,7 @@ def test_sets_gets_dirs_compare_and_errors(pair: Pair) -> None:
     same("{E}/v2/keys/s/p?dir=abc", "-XPUT")
     same("{E}/v2/keys/s/p?stream=abc")
     same("{E}/v2/keys/s/p?quorum=abc")
+    same("{E}/v2/keys/s/p", "-XPUT", "-d", "value=%zz")
     same("{E}/v2/keys/s/p?wait=true&waitIndex=abc")
     same("{E}/v2/keys/s/p?prevValue=", "-XPUT", "-d", "value=2")
     same("{E}/v2/keys/s/p?wait=true", "-XPOST", "-d", "value=x")

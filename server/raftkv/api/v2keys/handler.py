@@ -11,6 +11,7 @@ once and the event's JSON when it happens (chunked), which is how etcd's long-po
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,6 +23,7 @@ from raftkv.api.v2keys import mapping
 from raftkv.api.v2keys.errors import (
     INDEX_NAN,
     INVALID_FIELD,
+    INVALID_FORM,
     PREV_VALUE_REQUIRED,
     REFRESH_TTL_REQUIRED,
     REFRESH_VALUE,
@@ -40,6 +42,7 @@ CORS_HEADERS = [
 ]
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def encode(value: Any) -> bytes:
@@ -60,8 +63,11 @@ class Form:
             content_type == "application/x-www-form-urlencoded"
         ):
             body = request.body.decode(errors="replace")
+            _check_escapes(body)
             fields = parse_qs(body, keep_blank_values=True)
-        query = parse_qs(urlsplit(request.target).query, keep_blank_values=True)
+        raw_query = urlsplit(request.target).query
+        _check_escapes(raw_query)
+        query = parse_qs(raw_query, keep_blank_values=True)
         for name, values in query.items():
             fields.setdefault(name, []).extend(values)
         self._fields = fields
@@ -91,6 +97,14 @@ class Form:
         if not text.isascii() or not text.isdigit() or int(text) >= 2**64:
             raise V2Error(code, f'invalid value for "{name}"')
         return int(text)
+
+
+def _check_escapes(raw: str) -> None:
+    """Go's form parser refuses a `%` not followed by two hex digits; etcd answers 210."""
+    bad = _BAD_ESCAPE.search(raw)
+    if bad is not None:
+        escape = raw[bad.start() : bad.start() + 3]
+        raise V2Error(INVALID_FORM, f'invalid URL escape "{escape}"')
 
 
 def parse(request: Request) -> dict[str, Any]:
