@@ -27,28 +27,41 @@ from raftkv.mvcc.revision import Revision
 _MAX_SUB = 1 << 64
 
 
-class Generation:
-    """One life of a key: puts from creation to (for a closed generation) its tombstone."""
+class Generation(list[Revision]):
+    """One life of a key: puts from creation to (for a closed generation) its tombstone.
 
-    __slots__ = ("created", "revs", "version")
+    The list of its revisions is the object itself (`revs` names it): with millions of keys,
+    every container per key is memory and work for each full garbage collection.
+    """
+
+    __slots__ = ("created", "version")
 
     def __init__(
         self, version: int = 0, created: Revision | None = None, revs: list[Revision] | None = None
     ) -> None:
+        super().__init__(revs or ())
         # Puts in this generation, counting compacted ones (and the tombstone, which ends it).
         self.version = version
         self.created = created
-        self.revs: list[Revision] = revs if revs is not None else []
+
+    @property
+    def revs(self) -> list[Revision]:
+        return self
 
 
-class KeyIndex:
-    """The generations of one key; see the module docstring."""
+class KeyIndex(list[Generation]):
+    """The generations of one key (the object is their list, `generations`, for the reason
+    Generation is its revisions); see the module docstring."""
 
-    __slots__ = ("generations", "key")
+    __slots__ = ("key",)
 
     def __init__(self, key: bytes) -> None:
+        super().__init__((Generation(),))
         self.key = key
-        self.generations: list[Generation] = [Generation()]
+
+    @property
+    def generations(self) -> list[Generation]:
+        return self
 
     def put(self, rev: Revision) -> bool:
         """Record a put at `rev`; True when it (re)created the key."""
@@ -69,11 +82,11 @@ class KeyIndex:
 
     def restore(self, created: Revision, modified: Revision, version: int) -> None:
         """Start from a backend row written at `modified` (older rows compacted away)."""
-        self.generations = [Generation(version, created, [modified])]
+        self[:] = [Generation(version, created, [modified])]
 
     def restore_tombstone(self, rev: Revision) -> None:
         """Start from a tombstone row whose earlier history was compacted away."""
-        self.generations = [Generation(1, rev, [rev]), Generation()]
+        self[:] = [Generation(1, rev, [rev]), Generation()]
 
     def get(self, at_rev: int) -> tuple[Revision, Revision, int] | None:
         """(modified, created, version) of the key as of main revision `at_rev`, or None."""
