@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from raftkv.cli.grpc_proxy import UsageError, main, parse_proxy_args
 from raftkv.client import TLSConfig
@@ -73,3 +75,13 @@ def test_the_raftkv_command_hands_grpc_proxy_to_the_proxy(
 
     assert raftkv_main(["grpc-proxy", "start", "--resolver-ttl=-1"]) == 2
     assert capsys.readouterr().err.startswith("raftkv grpc-proxy: error: ")
+
+
+def test_a_taken_listen_address_ends_the_proxy_with_status_1() -> None:
+    from raftkv.proxy import run
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        host, port = taken.getsockname()
+        assert run(ProxyConfig(listen_addr=f"{host}:{port}", endpoints=("127.0.0.1:9",))) == 1

@@ -256,9 +256,14 @@ class GrpcProxy:
 def run(config: ProxyConfig) -> int:
     """Serve until SIGINT or SIGTERM; the process's exit status."""
 
-    async def main() -> None:
+    async def main() -> int:
         proxy = GrpcProxy(config)
-        await proxy.start()
+        try:
+            await proxy.start()
+        except (RuntimeError, OSError) as error:  # a taken port, unreadable certificates
+            log.error("grpc-proxy cannot start: %s", error)
+            await proxy.stop(grace=0)
+            return 1
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -267,6 +272,6 @@ def run(config: ProxyConfig) -> int:
             await stopping.wait()
         finally:
             await proxy.stop()
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
