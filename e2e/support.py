@@ -122,12 +122,19 @@ class WriteLog:
     failures: int = 0
     longest_outage_s: float = 0.0
     last_error: str = ""
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.acknowledged)} acknowledged writes, {self.failures} failed {self.errors}, "
+            f"longest write outage {self.longest_outage_s:.2f} s"
+        )
 
 
 class ContinuousWriter:
     """Writes `prefix/<n>` keys in a loop from a thread until stopped, recording each write the
     cluster acknowledged. A write that failed or timed out is ambiguous and never counted as
-    acknowledged. The client is rebuilt with fresh endpoints after failures, because pods come
+    acknowledged. The client is rebuilt with fresh endpoints after a failure, because pods come
     back with new IPs."""
 
     def __init__(self, endpoints: Callable[[], list[str]], prefix: str) -> None:
@@ -161,7 +168,6 @@ class ContinuousWriter:
         n = 0
         last_ok = time.monotonic()
         client: SyncClient | None = None
-        consecutive_failures = 0
         while not self._stop.is_set():
             if client is None:
                 try:
@@ -172,24 +178,25 @@ class ContinuousWriter:
                 if not endpoints:
                     self._stop.wait(0.5)
                     continue
-                client = SyncClient(endpoints, timeout=3.0, dial_timeout=1.0)
+                client = SyncClient(endpoints, timeout=2.0, dial_timeout=1.0)
             key, value = f"{self.prefix}/{n:08d}", f"v{n}"
             try:
                 client.put(key, value)
             except Exception as error:  # any failure leaves the write ambiguous
                 self.log.failures += 1
                 self.log.last_error = repr(error)
-                consecutive_failures += 1
-                if consecutive_failures >= 3:
-                    client.close()
-                    client, consecutive_failures = None, 0
+                self.log.errors[type(error).__name__] = (
+                    self.log.errors.get(type(error).__name__, 0) + 1
+                )
+                # Pods come back with new IPs: look the endpoints up again before retrying.
+                client.close()
+                client = None
                 self._stop.wait(0.2)
             else:
                 now = time.monotonic()
                 self.log.longest_outage_s = max(self.log.longest_outage_s, now - last_ok)
                 last_ok = now
                 self.log.acknowledged[key] = value
-                consecutive_failures = 0
             n += 1
             self._stop.wait(0.02)
         if client is not None:

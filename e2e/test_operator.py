@@ -77,6 +77,15 @@ def installed(kube: Kube) -> Iterator[None]:
         pytest.skip(
             "charts/raftkv/Chart.yaml missing: the chart (operator Deployment, RBAC) has not landed"
         )
+    # A previous module's uninstall may still be deleting the release namespace.
+    wait_for(
+        f"namespace {RELEASE_NS} not terminating",
+        lambda: (
+            (kube.find(f"/api/v1/namespaces/{RELEASE_NS}") or {}).get("status", {}).get("phase")
+            != "Terminating"
+        ),
+        timeout=300,
+    )
     helm(
         "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace"
     )
@@ -197,10 +206,7 @@ def test_scale_3_5_3_under_writes(kube: Kube, cluster_ns: str, access: MemberAcc
     assert names == [f"{CLUSTER}-0", f"{CLUSTER}-1", f"{CLUSTER}-2"], "the highest ordinals went"
     with client_for(endpoints_of(kube, access, cluster_ns)) as client:
         assert_no_acknowledged_write_lost(client, log, prefix)
-    print(
-        f"scale 3→5→3: {len(log.acknowledged)} acknowledged writes, {log.failures} failed, "
-        f"longest write outage {log.longest_outage_s:.2f} s"
-    )
+    print(f"scale 3→5→3: {log.summary()}")
 
 
 def test_deleted_member_pod_rejoins_with_same_id(
@@ -246,10 +252,7 @@ def test_rolling_upgrade_under_writes(kube: Kube, cluster_ns: str, access: Membe
         log = w.stop()
     with client_for(endpoints_of(kube, access, cluster_ns)) as client:
         assert_no_acknowledged_write_lost(client, log, prefix)
-    print(
-        f"rolling upgrade: {len(log.acknowledged)} acknowledged writes, {log.failures} failed, "
-        f"longest write outage {log.longest_outage_s:.2f} s"
-    )
+    print(f"rolling upgrade: {log.summary()}")
 
 
 def test_delete_resource_cleans_up(kube: Kube, cluster_ns: str) -> None:
