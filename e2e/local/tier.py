@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("give the command to run after --")
     # Not under /tmp: pods mount their own /tmp, which would hide volume sources kept there.
+    # A SIGTERM (CI's time limit, a killed make) unwinds like Ctrl-C: every process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="raftkv-e2e-", dir="/var/tmp"))
     code = 1
     try:
