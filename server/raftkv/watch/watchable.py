@@ -197,6 +197,8 @@ class WatchableStore:
     # ---- synced watchers: the write path -----------------------------------------------------
 
     def _notify(self, events: list[Event], revision: int) -> None:
+        if not len(self._synced):  # every write calls this; most members watch nothing
+            return
         batches: dict[Watcher, list[Event]] = {}
         for event in events:
             for watcher in self._synced.matching(event.kv.key):
