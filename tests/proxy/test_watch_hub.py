@@ -242,3 +242,15 @@ def test_a_watcher_from_now_never_joins_a_watch_replaying_history(hub: WatchHub)
     assert [(r.created, r.header.revision) for r in drain(later)] == [(True, 51)]
     assert revisions(drain(now), 0) == [51]
     assert revisions(drain(old), 0) == [3, 51]
+
+
+def test_a_watcher_joins_the_watch_furthest_on_among_those_it_can_join(hub: WatchHub) -> None:
+    ClientStream(hub).handle(create(b"k", start=2))
+    behind = only(hub)
+    behind.created(header(50), 2)
+    ClientStream(hub).handle(create(b"k"))
+    live = next(b for b in hub.broadcasts() if b is not behind)
+    live.created(header(50), 51)
+    stream = ClientStream(hub)
+    stream.handle(create(b"k", start=60))  # both are at or before 60: the live one is nearer
+    assert hub.upstream_count() == 2 and len(live.receivers) == 2

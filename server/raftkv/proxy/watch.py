@@ -382,10 +382,11 @@ class WatchHub:
 
     def add(self, watcher: ClientWatcher) -> None:
         group = self._groups.setdefault(watcher.key, [])
-        for broadcast in group:
-            if broadcast.can_join(watcher.next_rev):
-                broadcast.join(watcher)
-                return
+        fits = [b for b in group if b.can_join(watcher.next_rev)]
+        if fits:
+            # The one furthest on: the watcher has the least history to wait through there.
+            max(fits, key=lambda b: (b.established, b.next_rev)).join(watcher)
+            return
         broadcast = Broadcast(self, watcher.key, watcher.next_rev)
         group.append(broadcast)
         broadcast.join(watcher)
