@@ -167,6 +167,12 @@ class S3Target:
             force_path_style=bool(raw.get("forcePathStyle", False)),
         )
 
+    @property
+    def needs_path_style(self) -> bool:
+        """forcePathStyle that raftkvctl does not apply by itself: with an endpoint it always
+        uses path-style addressing; without one (AWS) only a boto3 config file changes it."""
+        return self.force_path_style and not self.endpoint
+
     def ctl_flags(self) -> list[str]:
         """The location flags of a `raftkvctl backup` command."""
         flags = [self.location]
@@ -409,7 +415,7 @@ class BackupRunner:
         """A full backup of the members at `endpoints` (host:port or URLs), then the retention
         rules; never raises for a failed backup (see `BackupResult.error`)."""
         try:
-            with _addressing_config(target) as extra_env:
+            with path_style_config(target.needs_path_style) as extra_env:
                 env = {**credentials, **extra_env}
                 if target.region:
                     env["AWS_DEFAULT_REGION"] = target.region
@@ -453,10 +459,11 @@ class BackupRunner:
 
 
 @contextlib.contextmanager
-def _addressing_config(target: S3Target) -> Iterator[dict[str, str]]:
-    """forcePathStyle without an endpoint (AWS itself): boto3 reads the addressing style from
-    its config file only, so one is written for the duration of the command."""
-    if not target.force_path_style or target.endpoint:
+def path_style_config(wanted: bool) -> Iterator[dict[str, str]]:
+    """The env a `raftkvctl` command needs for path-style addressing (`S3Target.needs_path_style`):
+    boto3 reads the addressing style from its config file only, so one is written for the
+    duration of the command."""
+    if not wanted:
         yield {}
         return
     with tempfile.NamedTemporaryFile("w", suffix=".aws-config") as config:

@@ -35,7 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raftkv_operator.backups import CREDENTIAL_KEYS, OPTIONAL_CREDENTIAL_KEYS, S3Target
+from raftkv_operator.backups import (
+    CREDENTIAL_KEYS,
+    OPTIONAL_CREDENTIAL_KEYS,
+    S3Target,
+    path_style_config,
+)
 from raftkv_operator.model import DATA_DIR, DATA_MOUNT, PEER_PORT, ClusterSpec, InvalidSpec, Names
 
 INIT_CONTAINER = "restore"
@@ -69,6 +74,8 @@ class RestoreSource:
             out += ["--revision", str(self.revision)]
         if self.time:
             out += ["--time", self.time]
+        if self.s3.needs_path_style:
+            out.append("--force-path-style")
         return out
 
 
@@ -176,8 +183,9 @@ def init_container(
 # ---- the init step ------------------------------------------------------------------------------
 
 
-def _ctl(args: Sequence[str]) -> int:
-    return subprocess.run([sys.executable, "-m", "raftkv.cli.ctl", *args], check=False).returncode
+def _ctl(args: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    command = [sys.executable, "-m", "raftkv.cli.ctl", *args]
+    return subprocess.run(command, env={**os.environ, **(env or {})}, check=False).returncode
 
 
 def restore_from_backup(args: argparse.Namespace) -> int:
@@ -197,7 +205,8 @@ def restore_from_backup(args: argparse.Namespace) -> int:
         command += ["--revision", str(args.revision)]
     if args.time:
         command += ["--time", args.time]
-    return _ctl([*command, *_member_flags(args, args.initial_cluster)])
+    with path_style_config(args.force_path_style) as env:
+        return _ctl([*command, *_member_flags(args, args.initial_cluster)], env)
 
 
 def _member_flags(args: argparse.Namespace, initial_cluster: str) -> list[str]:
@@ -276,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     backup.add_argument("--s3-region", default="")
     backup.add_argument("--revision", type=int, default=0)
     backup.add_argument("--time", default="")
+    backup.add_argument("--force-path-style", action="store_true")
     backup.set_defaults(run=restore_from_backup)
     survivor = sub.add_parser("survivor", help="the survivor as a one-member cluster")
     survivor.add_argument("--survivor", required=True)

@@ -328,7 +328,7 @@ def test_init_steps_do_nothing_where_they_do_not_apply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(restore, "_ctl", lambda args: calls.append(list(args)) or 0)
+    monkeypatch.setattr(restore, "_ctl", lambda args, env=None: calls.append(list(args)) or 0)
     backup = ["backup", "s3://b/p"]
     # A member added later joins empty; it never restores.
     assert restore.main(_init_args(tmp_path, "existing", *backup)) == 0
@@ -345,6 +345,23 @@ def test_init_steps_do_nothing_where_they_do_not_apply(
     survivor = ["survivor", "--survivor", "kv-0", "--recovery-id", "r1"]
     assert restore.main(_init_args(tmp_path, "existing", *survivor)) == 0
     assert len(calls) == 1
+
+
+def test_force_path_style_reaches_the_restore_on_aws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3 = {"bucket": "bkt", "credentialsSecret": "c", "forcePathStyle": True}
+    step = restore.pod_init({"spec": {"restore": {"s3": s3}}})
+    assert step is not None and step.args()[-1] == "--force-path-style"
+    seen: list[str] = []
+
+    def ctl(args: list[str], env: Mapping[str, str] | None = None) -> int:
+        seen.append(Path((env or {})["AWS_CONFIG_FILE"]).read_text())
+        return 0
+
+    monkeypatch.setattr(restore, "_ctl", ctl)
+    assert restore.main(_init_args(tmp_path, "new", *step.args())) == 0
+    assert "addressing_style = path" in seen[0]
 
 
 def test_backend_copy_folds_in_the_write_ahead_file(tmp_path: Path) -> None:
