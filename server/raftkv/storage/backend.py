@@ -15,23 +15,14 @@ Why it is shaped this way:
   after it. `force_commit_durable()` checkpoints with fsync; call it before releasing WAL segments.
 - **Single-threaded.** One connection, used only from the thread that owns the server's event loop.
   The object does no locking; callers must not share it between threads.
-- **Checkpoints off the loop.** sqlite's automatic checkpoint runs inside the COMMIT that crosses
-  its threshold and fsyncs the database file: tens of milliseconds to seconds on a busy disk,
-  during which the event loop (Raft ticks, heartbeats, every request) would stand still. Here the
-  main connection never checkpoints on its own; a commit that leaves the sqlite WAL above
-  `CHECKPOINT_WAL_BYTES` wakes a thread that runs a PASSIVE checkpoint on a connection of its
-  own (it never blocks the writer). The explicit TRUNCATE checkpoints (durable commit,
-  defragment) first wait for a running background one, under one lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import sqlite3
-import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,8 +34,6 @@ TO_END = b"\0"
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _TABLE_PREFIX = "bucket_"
 _ITER_BATCH = 1024
-# sqlite's automatic checkpoint threshold (1000 pages of 4 KiB), checked after each commit.
-CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +80,6 @@ class Backend:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer = _Checkpointer(self._files[0])
         self._buckets: dict[str, _Statements] = {}
         self._pre_commit_hooks: list[Callable[[], None]] = []
         for (table,) in self._conn.execute(
@@ -211,16 +198,12 @@ class Backend:
             hook()
         if self._conn.in_transaction:
             self._conn.execute("COMMIT")
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(self._files[1]).st_size > CHECKPOINT_WAL_BYTES:
-                    self._checkpointer.wake()
         self._size = None
 
     def force_commit_durable(self) -> None:
         """Commit, then checkpoint the sqlite WAL into the main file with fsync."""
         self.commit()
-        with self._checkpointer.lock:
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         self._size = None
         if busy:
             raise OSError(f"sqlite checkpoint of {self.path} was blocked")
@@ -247,9 +230,8 @@ class Backend:
     def defragment(self) -> None:
         """Commit, rebuild the file without free pages (VACUUM) and shrink the sqlite WAL."""
         self.commit()
-        with self._checkpointer.lock:
-            self._conn.execute("VACUUM")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.execute("VACUUM")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._size = None
 
     def snapshot_to(self, path: Path) -> None:
@@ -279,53 +261,7 @@ class Backend:
         a half-applied batch must never become durable."""
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
-        # First, so that the main connection is the last one and removes the sqlite WAL.
-        self._checkpointer.stop()
         self._conn.close()
-
-
-class _Checkpointer:
-    """A thread running PASSIVE checkpoints of one database on its own connection when woken
-    (see the module docstring). Started on the first wake-up."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        # Held while a checkpoint runs, here or on the main connection.
-        self.lock = threading.Lock()
-        self._wakeup = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="raftkv-backend-checkpoint", daemon=True
-            )
-            self._thread.start()
-        self._wakeup.set()
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stopping = True
-        self._wakeup.set()
-        self._thread.join()
-        self._thread = None
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            while True:
-                self._wakeup.wait()
-                self._wakeup.clear()
-                if self._stopping:
-                    return
-                with self.lock:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as error:  # the main connection checkpoints at the next TRUNCATE
-            logging.getLogger(__name__).warning("background checkpoint failed: %s", error)
-        finally:
-            conn.close()
 
 
 def _fsync_file(path: Path) -> None:
