@@ -86,6 +86,7 @@ class _LateWatchers:
         self.rng = rng
         self.logs: list[WatchLog] = []
         self.current = 1
+        self.stuck: list[str] = []  # watchers that did not stop when told
 
     async def run(self, stop: asyncio.Event) -> None:
         n = 0
@@ -97,11 +98,20 @@ class _LateWatchers:
                 f"late{n}", self.endpoints, self.rng, prev_kv=self.rng.random() < 0.5, start=start
             )
             self.logs.append(watcher.log)
-            task = asyncio.create_task(watcher.run())
+            task = asyncio.create_task(watcher.run(), name=watcher.log.name)
             await asyncio.sleep(self.rng.uniform(1.0, 3.0))
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self.stuck += await _end([watcher], [task])
+
+
+async def _end(watchers: list[Watcher], tasks: list[asyncio.Task[None]]) -> list[str]:
+    """Stop watchers for good: close them, cancel their tasks, wait a bounded time. Returns
+    the names of those that did not stop."""
+    for watcher in watchers:
+        watcher.close()
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=30)
+    return sorted(t.get_name() for t in pending)
 
 
 async def _final_put(endpoints: list[Endpoint]) -> int:
@@ -180,13 +190,13 @@ async def run(root: Path, settings: Settings) -> Outcome:
             compactor = Compactor(endpoints, watchers, random.Random(rng.random()))
             late = _LateWatchers(endpoints, random.Random(rng.random()))
             load = [
-                *(asyncio.create_task(c.run(stop)) for c in clients),
-                *(asyncio.create_task(w.run(stop)) for w in lockers),
-                asyncio.create_task(durable.run(stop)),
-                asyncio.create_task(compactor.run(stop)),
-                asyncio.create_task(late.run(stop)),
+                *(asyncio.create_task(c.run(stop), name=f"kv{c.client_id}") for c in clients),
+                *(asyncio.create_task(w.run(stop), name=f"lock{w.worker_id}") for w in lockers),
+                asyncio.create_task(durable.run(stop), name="durable"),
+                asyncio.create_task(compactor.run(stop), name="compactor"),
+                asyncio.create_task(late.run(stop), name="late watchers"),
             ]
-            watching = [asyncio.create_task(w.run()) for w in watchers]
+            watching = [asyncio.create_task(w.run(), name=w.log.name) for w in watchers]
 
             async def track_revision() -> None:
                 while not stop.is_set():
@@ -205,6 +215,8 @@ async def run(root: Path, settings: Settings) -> Outcome:
     watch_report = check_watches(logs, history, KEY_PREFIX, compacted=compacted)
     outcome.problems += [f"watch: {v}" for v in watch_report.violations]
     outcome.problems += [f"lock: {v}" for v in check_lock_fencing(watch_report.merged, lockers)]
+    if late.stuck:
+        outcome.problems.append(f"watchers did not stop: {late.stuck}")
     complete = final is not None and watch_report.covered[:1] == [(2, final)]
     checked = resolve_unknown_writes(history, watch_report.put_revisions) if complete else history
     if not complete:
@@ -242,7 +254,12 @@ async def _settle(
         h.note("faults over: repairing")
         await h.repair_all()
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*load, return_exceptions=True), _SETTLE_S)
+        _, pending = await asyncio.wait(load, timeout=_SETTLE_S)
+        if pending:
+            problems.append(
+                "load tasks still running after the stop: "
+                + ", ".join(sorted(t.get_name() for t in pending))
+            )
         final = await _final_put(endpoints)
         h.note(f"load stopped; final revision {final}")
         for w in watchers:
@@ -263,9 +280,9 @@ async def _settle(
         return None
     finally:
         stop.set()
-        for task in watching:
-            task.cancel()
-        await asyncio.gather(*watching, return_exceptions=True)
+        stuck = await _end(watchers, watching)
+        if stuck:
+            problems.append(f"watchers did not stop: {stuck}")
 
 
 async def _inject_faults(h: Harness, compactor: Compactor, settings: Settings) -> list[str]:

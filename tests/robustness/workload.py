@@ -203,6 +203,12 @@ class Watcher:
         self.seen_through = start - 1
         self.until: int | None = None
         self.reached = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """Make `run` return after its current session. Cancelling the task alone is not
+        enough: grpc.aio and asyncio.wait_for (Python 3.11) can swallow a cancellation."""
+        self._closed = True
 
     def finish_at(self, revision: int) -> None:
         """Set `reached` once events up to `revision` have been received."""
@@ -211,8 +217,8 @@ class Watcher:
             self.reached.set()
 
     async def run(self) -> None:
-        """Watch until cancelled; `reached` is set once events up to `until` arrived."""
-        while True:
+        """Watch until closed; `reached` is set once events up to `until` arrived."""
+        while not self._closed:
             endpoint = self._rng.choice(self._endpoints)
             session = Session(self._next_start, endpoint.name)
             self.log.sessions.append(session)
