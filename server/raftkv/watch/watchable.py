@@ -3,9 +3,10 @@
 Why it is shaped this way:
 
 - **Synced watchers are fed by the write path.** The store calls `_notify(events, revision)`
-  once per write transaction; each synced watcher whose range the events touch gets one response
-  holding all of that revision's events for it (atomic per revision). This runs inside the apply
-  loop, so it only queues responses and never waits.
+  once per write transaction; each synced watcher whose range the events touch gets all of that
+  revision's events for it in one response (atomic per revision; encoded once for every watcher
+  that gets the same events, and added to the watcher's queued response when its stream lags,
+  see `stream`). This runs inside the apply loop, so it only queues responses and never waits.
 - **Everyone else catches up from history.** A watcher that starts in the past, whose stream
   queue was full when a write arrived (a slow reader: etcd's "victim"), or that survived a
   snapshot restore, is unsynced: it remembers the next revision it owes (`next_rev`) and a
